@@ -1,0 +1,1 @@
+//! Ferry's configuration: one typed tree for every process.

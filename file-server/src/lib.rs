@@ -1,0 +1,20 @@
+//! Ferry's file store: the durable home of every file.
+//!
+//! A data directory holds a fixed number of partitions. Each partition is a store of its own
+//! with its own write lock, write-ahead log and copy-on-write B+tree file read through
+//! `memmap2`. Changes are acknowledged once they are in the WAL; they reach the B+tree later,
+//! in batches (write-behind), while a moka cache holds clean files in front of it. Any number of
+//! read-only processes can open the same directory and read consistent snapshots while the
+//! writer commits. The on-disk format is documented in `docs/FORMAT.md`.
+//!
+//! This crate knows nothing of queues, sockets or clients: it stores files.
+
+pub mod backend;
+pub mod error;
+pub mod partition;
+pub mod path;
+pub mod record;
+
+pub use error::{Result, StoreError};
+pub use path::{FilePath, PathError};
+pub use record::{FileMeta, Record};

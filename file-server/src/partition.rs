@@ -1,0 +1,70 @@
+//! Which partition a path belongs to.
+//!
+//! The rule is language-neutral and documented in `docs/FORMAT.md`: FNV-1a 64 over the UTF-8
+//! bytes of the path's first `depth` segments, each preceded by `/` (for `/home/alice/x.txt` at
+//! depth 2 that is `/home/alice`), modulo the partition count. A path with fewer segments
+//! hashes all of them. With depth 2 a directory such as `/home/alice/` lives in one partition.
+
+use crate::path::FilePath;
+
+const FNV_OFFSET: u64 = 0xcbf2_9ce4_8422_2325;
+const FNV_PRIME: u64 = 0x0000_0100_0000_01b3;
+
+/// FNV-1a, 64-bit.
+pub fn fnv1a64(bytes: &[u8]) -> u64 {
+    bytes.iter().fold(FNV_OFFSET, |hash, &b| (hash ^ u64::from(b)).wrapping_mul(FNV_PRIME))
+}
+
+/// The part of `path` that decides its partition: its first `depth` segments.
+pub fn partition_key(path: &FilePath, depth: u32) -> &str {
+    let s = path.as_str();
+    let mut seen = 0u32;
+    for (i, b) in s.bytes().enumerate().skip(1) {
+        if b == b'/' {
+            seen += 1;
+            if seen == depth {
+                return &s[..i];
+            }
+        }
+    }
+    s
+}
+
+/// The partition (in `0..count`) that holds `path`.
+pub fn partition_of(path: &FilePath, depth: u32, count: u32) -> u32 {
+    assert!(count > 0, "a store has at least one partition");
+    (fnv1a64(partition_key(path, depth).as_bytes()) % u64::from(count)) as u32
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn p(s: &str) -> FilePath {
+        FilePath::parse(s).unwrap()
+    }
+
+    #[test]
+    fn fnv1a64_matches_published_vectors() {
+        assert_eq!(fnv1a64(b""), 0xcbf2_9ce4_8422_2325);
+        assert_eq!(fnv1a64(b"a"), 0xaf63_dc4c_8601_ec8c);
+        assert_eq!(fnv1a64(b"foobar"), 0x8594_4171_f739_67e8);
+    }
+
+    #[test]
+    fn key_is_the_first_segments() {
+        assert_eq!(partition_key(&p("/home/alice/x.txt"), 2), "/home/alice");
+        assert_eq!(partition_key(&p("/home/alice/x/y"), 1), "/home");
+        assert_eq!(partition_key(&p("/readme"), 2), "/readme");
+        assert_eq!(partition_key(&p("/home/alice"), 2), "/home/alice");
+    }
+
+    #[test]
+    fn a_directory_lives_in_one_partition() {
+        let a = partition_of(&p("/home/alice/a.txt"), 2, 16);
+        for f in ["/home/alice/b", "/home/alice/deep/er/c", "/home/alice"] {
+            assert_eq!(partition_of(&p(f), 2, 16), a);
+        }
+        assert!(a < 16);
+    }
+}
