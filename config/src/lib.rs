@@ -1,1 +1,39 @@
-//! Ferry's configuration: one typed tree for every process.
+//! Ferry's configuration: one typed tree for every Ferry process.
+//!
+//! Values come from defaults, `ferry.toml`, `FERRY_SECTION__KEY` environment variables and
+//! `--set section.key=value` flags, later layers winning ([`load`]). Unknown keys and bad values
+//! are errors that name the key, the value, what is allowed and where it came from.
+//! `ferry.example.toml` at the repository root documents every key.
+//!
+//! This crate only describes and validates settings; it starts nothing and opens no files but
+//! the configuration file.
+
+mod error;
+mod load;
+pub mod logger;
+pub mod store;
+
+use serde::{Deserialize, Serialize};
+
+pub use error::{ConfigError, Invalid};
+pub use load::{load, ConfigSources, LoadedConfig, Origin, DEFAULT_CONFIG_FILE};
+pub use logger::LoggerConfig;
+pub use store::{StoreConfig, WalSyncPolicy};
+
+/// The whole configuration, one field per `ferry.toml` section.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct FerryConfig {
+    pub store: StoreConfig,
+    pub logger: LoggerConfig,
+}
+
+impl FerryConfig {
+    /// Values that parsed but are outside what Ferry accepts.
+    pub fn invalid_values(&self) -> Vec<Invalid> {
+        let mut out = Vec::new();
+        self.store.check(&mut out);
+        out.extend(self.logger.invalid_values());
+        out
+    }
+}

@@ -1,0 +1,83 @@
+//! The `[store]` section: the file store's directory, layout, cache and durability.
+
+use std::path::PathBuf;
+
+use serde::{Deserialize, Serialize};
+
+use crate::error::Invalid;
+
+/// When the write-ahead log is fsynced.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum WalSyncPolicy {
+    /// Before a change is acknowledged; concurrent changes share one fsync (group commit).
+    Always,
+    /// Every `wal_sync_interval_ms`, like Redis `appendfsync everysec`.
+    Interval,
+    /// Never explicitly: the operating system writes back when it likes.
+    Os,
+}
+
+/// Settings of the file store.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct StoreConfig {
+    /// The data directory. Default `./ferry-data`.
+    pub data_dir: PathBuf,
+    /// Partitions created by `ferry init`; fixed afterwards. Default 16.
+    pub partitions: u32,
+    /// How many leading path segments choose a file's partition. Default 2.
+    pub partition_depth: u32,
+    /// Largest file content in bytes. Default 16 MiB.
+    pub max_file_size: u64,
+    /// Bytes of clean files kept in the cache. Default 256 MiB.
+    pub cache_bytes: u64,
+    /// Write-behind: flush dirty files into the B+tree this often. Default 100 ms.
+    pub flush_interval_ms: u64,
+    /// Write-behind: flush as soon as this many files are dirty. Default 10,000.
+    pub flush_max_dirty: usize,
+    /// When the WAL is fsynced. Default `always`.
+    pub wal_sync: WalSyncPolicy,
+    /// With `wal_sync = "interval"`: the fsync period. Default 1,000 ms.
+    pub wal_sync_interval_ms: u64,
+}
+
+impl Default for StoreConfig {
+    fn default() -> Self {
+        StoreConfig {
+            data_dir: PathBuf::from("./ferry-data"),
+            partitions: 16,
+            partition_depth: 2,
+            max_file_size: 16 * 1024 * 1024,
+            cache_bytes: 256 * 1024 * 1024,
+            flush_interval_ms: 100,
+            flush_max_dirty: 10_000,
+            wal_sync: WalSyncPolicy::Always,
+            wal_sync_interval_ms: 1_000,
+        }
+    }
+}
+
+impl StoreConfig {
+    pub(crate) fn check(&self, out: &mut Vec<Invalid>) {
+        let mut range = |key: &str, value: u64, lo: u64, hi: u64| {
+            if !(lo..=hi).contains(&value) {
+                out.push(Invalid::new(
+                    format!("store.{key}"),
+                    value.to_string(),
+                    format!("an integer from {lo} to {hi}"),
+                ));
+            }
+        };
+        range("partitions", self.partitions.into(), 1, 4096);
+        range("partition_depth", self.partition_depth.into(), 1, 64);
+        range("max_file_size", self.max_file_size, 1, 1 << 30);
+        range("cache_bytes", self.cache_bytes, 0, 1 << 40);
+        range("flush_interval_ms", self.flush_interval_ms, 1, 3_600_000);
+        range("flush_max_dirty", self.flush_max_dirty as u64, 1, 10_000_000);
+        range("wal_sync_interval_ms", self.wal_sync_interval_ms, 1, 3_600_000);
+        if self.data_dir.as_os_str().is_empty() {
+            out.push(Invalid::new("store.data_dir", "\"\"", "a non-empty directory path"));
+        }
+    }
+}
