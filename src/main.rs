@@ -1,1 +1,84 @@
-fn main() {}
+//! The `ferry` binary: one CLI, one subcommand per job.
+
+mod commands;
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use anyhow::Context;
+use clap::{Parser, Subcommand};
+use ferry_config::{ConfigSources, LoadedConfig};
+
+#[derive(Parser, Debug)]
+#[command(name = "ferry", version, about = "Realtime file and instruction processing pipeline")]
+struct Cli {
+    /// Configuration file (default: ./ferry.toml when present).
+    #[arg(long, global = true, env = "FERRY_CONFIG", value_name = "FILE")]
+    config: Option<PathBuf>,
+    /// Override one setting, e.g. --set store.wal_sync=os (repeatable; wins over file and env).
+    #[arg(long = "set", global = true, value_name = "SECTION.KEY=VALUE")]
+    sets: Vec<String>,
+    /// The data directory (same as --set store.data_dir=DIR).
+    #[arg(long, global = true, value_name = "DIR")]
+    data: Option<PathBuf>,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand, Debug)]
+enum Command {
+    /// Create a data directory with its partitions.
+    Init(commands::init::InitArgs),
+    /// Show or check the configuration.
+    #[command(subcommand)]
+    Config(commands::config::ConfigCommand),
+    /// Read, write and inspect the file store directly (no server needed).
+    #[command(subcommand)]
+    Files(commands::files::FilesCommand),
+}
+
+impl Cli {
+    fn load_config(&self) -> anyhow::Result<LoadedConfig> {
+        let mut sets = self.sets.clone();
+        if let Some(dir) = &self.data {
+            let dir = dir.to_str().context("--data must be valid UTF-8")?;
+            sets.push(format!("store.data_dir={}", toml_quote(dir)));
+        }
+        let sources = ConfigSources { file: self.config.clone(), env: true, sets };
+        Ok(ferry_config::load(&sources)?)
+    }
+}
+
+fn toml_quote(s: &str) -> String {
+    let mut out = String::with_capacity(s.len() + 2);
+    out.push('"');
+    for c in s.chars() {
+        match c {
+            '"' => out.push_str("\\\""),
+            '\\' => out.push_str("\\\\"),
+            c if c.is_control() => out.push_str(&format!("\\u{:04X}", c as u32)),
+            c => out.push(c),
+        }
+    }
+    out.push('"');
+    out
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    match run(cli) {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn run(cli: Cli) -> anyhow::Result<ExitCode> {
+    match &cli.command {
+        Command::Config(cmd) => commands::config::run(&cli, cmd),
+        Command::Init(args) => commands::init::run(&cli.load_config()?.config, args),
+        Command::Files(cmd) => commands::files::run(&cli.load_config()?.config, cmd),
+    }
+}
