@@ -8,14 +8,18 @@
 //! This crate only describes and validates settings; it starts nothing and opens no files but
 //! the configuration file.
 
+pub mod auth;
 mod error;
+pub mod ingress;
 mod load;
 pub mod logger;
 pub mod store;
 
 use serde::{Deserialize, Serialize};
 
+pub use auth::{AuthConfig, Secret};
 pub use error::{ConfigError, Invalid};
+pub use ingress::IngressConfig;
 pub use load::{load, ConfigSources, LoadedConfig, Origin, DEFAULT_CONFIG_FILE};
 pub use logger::LoggerConfig;
 pub use store::{StoreConfig, WalSyncPolicy};
@@ -26,6 +30,8 @@ pub use store::{StoreConfig, WalSyncPolicy};
 pub struct FerryConfig {
     pub store: StoreConfig,
     pub logger: LoggerConfig,
+    pub ingress: IngressConfig,
+    pub auth: AuthConfig,
 }
 
 impl FerryConfig {
@@ -34,6 +40,8 @@ impl FerryConfig {
         let mut out = Vec::new();
         self.store.check(&mut out);
         out.extend(self.logger.invalid_values());
+        self.ingress.check(&mut out);
+        self.auth.check(&mut out);
         out
     }
 }
