@@ -32,6 +32,9 @@ pub trait StorageFile: Send + Sync {
     /// The file's path, for error messages.
     fn path(&self) -> &Path;
     fn len(&self) -> io::Result<u64>;
+    fn is_empty(&self) -> io::Result<bool> {
+        Ok(self.len()? == 0)
+    }
     fn read_exact_at(&self, buf: &mut [u8], offset: u64) -> io::Result<()>;
     /// Not durable until [`StorageFile::sync_data`] returns.
     fn write_all_at(&self, buf: &[u8], offset: u64) -> io::Result<()>;

@@ -32,6 +32,28 @@ pub enum StoreError {
         #[source]
         source: io::Error,
     },
+    #[error("invalid commit batch: {what}")]
+    InvalidBatch { what: String },
+    #[error("partition {partition} does not exist in a store of {partitions} partitions")]
+    NoSuchPartition { partition: u32, partitions: u32 },
+    #[error("the tree writer of {} stopped after a failed compaction ({what}); reopen the store", dir.display())]
+    TreeUnusable { dir: PathBuf, what: String },
+    #[error("file {path} is at revision {actual}, the change expected {expected}")]
+    Conflict { path: String, expected: u64, actual: u64 },
+    #[error("file {path} does not exist")]
+    NotFound { path: String },
+    #[error("patch of {path} deletes {delete} bytes at offset {at}, the file is {size} bytes")]
+    PatchOutOfRange { path: String, at: u64, delete: u64, size: u64 },
+    #[error("patch of {path} cuts the UTF-8 character at byte offset {offset}")]
+    PatchSplitsChar { path: String, offset: u64 },
+    #[error("write-ahead log {} failed: {what}; later changes are refused, reopen the store", file.display())]
+    WalFailed { file: PathBuf, what: String },
+    #[error("flushing partition {partition} to its B+tree failed: {what}; the changes are kept in the write-ahead log")]
+    FlushFailed { partition: u32, what: String },
+    #[error("store {} has a different layout: {what}", dir.display())]
+    LayoutMismatch { dir: PathBuf, what: String },
+    #[error("partition {partition} is not open in this process")]
+    PartitionNotOpen { partition: u32 },
     #[error("store is open read-only")]
     ReadOnly,
     #[error("store is closed")]

@@ -10,11 +10,22 @@
 //! This crate knows nothing of queues, sockets or clients: it stores files.
 
 pub mod backend;
+pub mod crash_sim;
 pub mod error;
+pub mod lock;
 pub mod partition;
+pub mod partition_store;
 pub mod path;
+pub mod read_only;
 pub mod record;
+pub mod store;
+pub mod tree;
+pub mod wal;
 
 pub use error::{Result, StoreError};
+pub use partition_store::{Applied, Change, Edit, PartitionStore, PendingWrite};
 pub use path::{FilePath, PathError};
+pub use read_only::{open_read_only, ReadOnlyStore};
 pub use record::{FileMeta, Record};
+pub use store::{InitOptions, Store, StoreOptions};
+pub use wal::WalSync;

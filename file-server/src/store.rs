@@ -1,0 +1,340 @@
+//! A data directory of partitions, opened for writing.
+//!
+//! `ferry-store.json` records the layout fixed at init (partition count and depth); the
+//! partitions live in `p000/`, `p001/`, ... Each path is routed to its partition by
+//! [`partition_of`]. A process may open every partition ([`Store::open`]) or a subset
+//! ([`Store::open_partitions`]), so that partitions can be spread over worker processes.
+
+use std::fs;
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use serde::{Deserialize, Serialize};
+
+use crate::backend::{FsDir, StorageDir};
+use crate::error::{Result, StoreError};
+use crate::lock::WriterLock;
+use crate::partition::partition_of;
+use crate::partition_store::{
+    Applied, Change, FlushStats, PartitionStats, PartitionStore, PendingWrite,
+};
+use crate::path::FilePath;
+use crate::record::{FileMeta, Record};
+use crate::tree::{CompactStats, TreeFile};
+use crate::wal::{WalSync, DEFAULT_PREALLOCATE_BYTES, DEFAULT_SEGMENT_BYTES};
+
+/// The manifest's file name in the data directory.
+pub const MANIFEST_FILE: &str = "ferry-store.json";
+/// The manifest format this code writes and reads.
+pub const MANIFEST_VERSION: u32 = 1;
+
+/// The layout of a data directory, fixed when it is initialized.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct InitOptions {
+    /// Number of partitions (default 16).
+    pub partitions: u32,
+    /// Leading path segments that choose a path's partition (default 2).
+    pub partition_depth: u32,
+}
+
+impl Default for InitOptions {
+    fn default() -> InitOptions {
+        InitOptions { partitions: 16, partition_depth: 2 }
+    }
+}
+
+/// How a store is run; none of it is stored on disk.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct StoreOptions {
+    /// Largest content a file may have, in bytes (default 16 MiB).
+    pub max_file_size: u64,
+    /// Bytes of clean files cached in memory, split evenly over the open partitions
+    /// (default 256 MiB; 0 turns the cache off).
+    pub cache_bytes: u64,
+    /// The flusher commits dirty files to the B+tree this often (default 100 ms).
+    pub flush_interval_ms: u64,
+    /// ... or as soon as this many files of a partition are dirty (default 10,000).
+    pub flush_max_dirty: usize,
+    /// When a change is acknowledged (default [`WalSync::Always`]).
+    pub wal_sync: WalSync,
+    /// WAL segment size (default 64 MiB).
+    pub wal_segment_bytes: u64,
+    /// Zeros written ahead in a WAL segment to keep syncs cheap (default 4 MiB).
+    pub wal_preallocate_bytes: u64,
+}
+
+impl Default for StoreOptions {
+    fn default() -> StoreOptions {
+        StoreOptions {
+            max_file_size: 16 << 20,
+            cache_bytes: 256 << 20,
+            flush_interval_ms: 100,
+            flush_max_dirty: 10_000,
+            wal_sync: WalSync::Always,
+            wal_segment_bytes: DEFAULT_SEGMENT_BYTES,
+            wal_preallocate_bytes: DEFAULT_PREALLOCATE_BYTES,
+        }
+    }
+}
+
+#[derive(Debug, Serialize, Deserialize)]
+struct Manifest {
+    format: String,
+    version: u32,
+    partitions: u32,
+    partition_depth: u32,
+}
+
+const MANIFEST_FORMAT: &str = "ferry-store";
+
+/// The directory of partition `partition` inside `data_dir`.
+pub fn partition_dir(data_dir: &Path, partition: u32) -> PathBuf {
+    data_dir.join(format!("p{partition:03}"))
+}
+
+/// Reads the layout recorded in `data_dir`.
+pub fn read_layout(data_dir: &Path) -> Result<InitOptions> {
+    let path = data_dir.join(MANIFEST_FILE);
+    let text = match fs::read_to_string(&path) {
+        Ok(text) => text,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            return Err(StoreError::NotInitialized { dir: data_dir.to_owned() })
+        }
+        Err(e) => return Err(StoreError::io("read", &path, e)),
+    };
+    let manifest: Manifest = serde_json::from_str(&text)
+        .map_err(|e| StoreError::Foreign { file: path.clone(), what: e.to_string() })?;
+    if manifest.format != MANIFEST_FORMAT {
+        return Err(StoreError::Foreign {
+            file: path,
+            what: format!("format is {:?}, expected {MANIFEST_FORMAT:?}", manifest.format),
+        });
+    }
+    if manifest.version != MANIFEST_VERSION {
+        return Err(StoreError::Foreign {
+            file: path,
+            what: format!(
+                "manifest version {}, this build reads {MANIFEST_VERSION}",
+                manifest.version
+            ),
+        });
+    }
+    if manifest.partitions == 0 || manifest.partition_depth == 0 {
+        return Err(StoreError::corrupt(path, 0, "partitions and partition_depth must be > 0"));
+    }
+    Ok(InitOptions { partitions: manifest.partitions, partition_depth: manifest.partition_depth })
+}
+
+/// A data directory opened for writing. See the module documentation.
+pub struct Store {
+    dir: PathBuf,
+    layout: InitOptions,
+    /// Indexed by partition; `None` where this process did not open it.
+    partitions: Vec<Option<PartitionStore>>,
+}
+
+impl Store {
+    /// Creates a store in `dir` (created if missing): the manifest, the partition
+    /// directories and an empty tree in each. Initializing again with the same layout is a
+    /// no-op; with a different one it is refused.
+    pub fn init(dir: &Path, options: InitOptions) -> Result<()> {
+        if options.partitions == 0 || options.partitions > 1000 || options.partition_depth == 0 {
+            return Err(StoreError::LayoutMismatch {
+                dir: dir.to_owned(),
+                what: format!(
+                    "{} partitions at depth {} (allowed: 1 to 1000 partitions, depth 1 or more)",
+                    options.partitions, options.partition_depth
+                ),
+            });
+        }
+        match read_layout(dir) {
+            Ok(existing) if existing == options => {}
+            Ok(existing) => {
+                return Err(StoreError::LayoutMismatch {
+                    dir: dir.to_owned(),
+                    what: format!(
+                        "it has {} partitions at depth {}, asked for {} at depth {}",
+                        existing.partitions,
+                        existing.partition_depth,
+                        options.partitions,
+                        options.partition_depth
+                    ),
+                })
+            }
+            Err(StoreError::NotInitialized { .. }) => {
+                fs::create_dir_all(dir).map_err(|e| StoreError::io("create", dir, e))?;
+                for p in 0..options.partitions {
+                    let pdir = partition_dir(dir, p);
+                    fs::create_dir_all(&pdir).map_err(|e| StoreError::io("create", &pdir, e))?;
+                }
+                sync_dir(dir)?;
+                // The partitions first, the manifest last: a directory with a manifest is
+                // complete.
+                for p in 0..options.partitions {
+                    let pdir = partition_dir(dir, p);
+                    let _lock = WriterLock::acquire(&pdir)?;
+                    TreeFile::open(Arc::new(FsDir::new(&pdir)), p, options.partitions)?;
+                }
+                write_manifest(dir, options)?;
+            }
+            Err(e) => return Err(e),
+        }
+        Ok(())
+    }
+
+    /// Opens every partition for writing, recovering each WAL.
+    pub fn open(dir: &Path, options: StoreOptions) -> Result<Store> {
+        let layout = read_layout(dir)?;
+        let all: Vec<u32> = (0..layout.partitions).collect();
+        Store::open_layout(dir, layout, &all, options)
+    }
+
+    /// Opens only the given partitions for writing; paths of the others are refused with
+    /// [`StoreError::PartitionNotOpen`].
+    pub fn open_partitions(dir: &Path, partitions: &[u32], options: StoreOptions) -> Result<Store> {
+        let layout = read_layout(dir)?;
+        Store::open_layout(dir, layout, partitions, options)
+    }
+
+    fn open_layout(
+        dir: &Path,
+        layout: InitOptions,
+        wanted: &[u32],
+        mut options: StoreOptions,
+    ) -> Result<Store> {
+        let mut partitions: Vec<Option<PartitionStore>> =
+            (0..layout.partitions).map(|_| None).collect();
+        if !wanted.is_empty() {
+            options.cache_bytes /= wanted.len() as u64;
+        }
+        for &p in wanted {
+            let slot = partitions
+                .get_mut(p as usize)
+                .ok_or(StoreError::PartitionNotOpen { partition: p })?;
+            if slot.is_some() {
+                continue;
+            }
+            let pdir = partition_dir(dir, p);
+            if !pdir.is_dir() {
+                return Err(StoreError::corrupt(&pdir, 0, "partition directory is missing"));
+            }
+            let lock = WriterLock::acquire(&pdir)?;
+            let storage: Arc<dyn StorageDir> = Arc::new(FsDir::new(&pdir));
+            *slot =
+                Some(PartitionStore::open(storage, Some(lock), p, layout.partitions, &options)?);
+        }
+        Ok(Store { dir: dir.to_owned(), layout, partitions })
+    }
+
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    pub fn layout(&self) -> InitOptions {
+        self.layout
+    }
+
+    /// The partition that holds `path`.
+    pub fn partition_of(&self, path: &FilePath) -> u32 {
+        partition_of(path, self.layout.partition_depth, self.layout.partitions)
+    }
+
+    /// The open partitions, in partition order.
+    pub fn partitions(&self) -> impl Iterator<Item = &PartitionStore> {
+        self.partitions.iter().flatten()
+    }
+
+    fn route(&self, path: &FilePath) -> Result<&PartitionStore> {
+        let p = self.partition_of(path);
+        self.partitions[p as usize].as_ref().ok_or(StoreError::PartitionNotOpen { partition: p })
+    }
+
+    /// Applies a change and waits until it is durable (see [`PartitionStore::apply`]).
+    pub fn apply(&self, change: Change) -> Result<Applied> {
+        self.route(&change.path)?.apply(change)
+    }
+
+    /// Applies a change without waiting (see [`PartitionStore::submit`]).
+    pub fn submit(&self, change: Change) -> Result<PendingWrite> {
+        self.route(&change.path)?.submit(change)
+    }
+
+    pub fn get(&self, path: &FilePath) -> Result<Option<Record>> {
+        self.route(path)?.get(path)
+    }
+
+    pub fn stat(&self, path: &FilePath) -> Result<Option<FileMeta>> {
+        self.route(path)?.stat(path)
+    }
+
+    /// Up to `limit` existing files under `prefix` after `after`, in path order, across the
+    /// open partitions.
+    pub fn list(
+        &self,
+        prefix: &str,
+        after: Option<&str>,
+        limit: usize,
+    ) -> Result<Vec<(FilePath, FileMeta)>> {
+        let mut all = Vec::new();
+        for part in self.partitions() {
+            all.extend(part.list(prefix, after, limit)?);
+        }
+        all.sort_by(|a, b| a.0.cmp(&b.0));
+        all.truncate(limit);
+        Ok(all)
+    }
+
+    /// Flushes every open partition; returns once all are durable in their trees.
+    pub fn flush(&self) -> Result<Vec<FlushStats>> {
+        self.partitions().map(PartitionStore::flush).collect()
+    }
+
+    /// Flushes and compacts every open partition.
+    pub fn compact(&self) -> Result<Vec<CompactStats>> {
+        self.partitions()
+            .map(|p| {
+                p.flush()?;
+                p.compact()
+            })
+            .collect()
+    }
+
+    pub fn stats(&self) -> Vec<PartitionStats> {
+        self.partitions().map(PartitionStore::stats).collect()
+    }
+
+    /// Flushes and closes every partition; reports the first failure after trying all.
+    pub fn close(self) -> Result<()> {
+        let mut first = Ok(());
+        for part in self.partitions.into_iter().flatten() {
+            let result = part.close();
+            if first.is_ok() {
+                first = result;
+            }
+        }
+        first
+    }
+}
+
+fn sync_dir(dir: &Path) -> Result<()> {
+    fs::File::open(dir).and_then(|f| f.sync_all()).map_err(|e| StoreError::io("sync", dir, e))
+}
+
+fn write_manifest(dir: &Path, layout: InitOptions) -> Result<()> {
+    let manifest = Manifest {
+        format: MANIFEST_FORMAT.into(),
+        version: MANIFEST_VERSION,
+        partitions: layout.partitions,
+        partition_depth: layout.partition_depth,
+    };
+    let text = serde_json::to_string_pretty(&manifest).expect("a manifest serializes");
+    let tmp = dir.join(format!("{MANIFEST_FILE}.tmp"));
+    let mut file = fs::File::create(&tmp).map_err(|e| StoreError::io("create", &tmp, e))?;
+    file.write_all(format!("{text}\n").as_bytes())
+        .and_then(|()| file.sync_all())
+        .map_err(|e| StoreError::io("write", &tmp, e))?;
+    let path = dir.join(MANIFEST_FILE);
+    fs::rename(&tmp, &path).map_err(|e| StoreError::io("rename", &path, e))?;
+    sync_dir(dir)
+}

@@ -1,0 +1,897 @@
+//! The write-ahead log of one partition: every change is here before it is acknowledged.
+//!
+//! The log is a series of segment files `wal-<first lsn, 20 digits>.log` in the partition
+//! directory, written through [`StorageDir`]. A segment starts with a 24-byte header and holds
+//! records with consecutive log sequence numbers (LSNs); the byte layout is in
+//! `docs/FORMAT.md` ("Write-ahead log").
+//!
+//! Appending only encodes the record into an in-memory buffer and hands out its LSN. Making it
+//! durable is a separate wait, so that one thread can pipeline many changes and many threads
+//! can share one `fdatasync` (group commit): the first waiter that finds no write in progress
+//! becomes the leader, takes the whole buffer, writes it with one call and syncs once; the
+//! waiters that arrive meanwhile sleep and are served by the same or the next leader.
+//!
+//! Recovery ([`WriteAheadLog::open`]) replays every record after the B+tree's checkpoint. The
+//! first record that is short, fails its CRC or breaks the LSN sequence ends the log: that is
+//! where a crash tore the tail, and the tail is cut there before anything new is written.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::thread::JoinHandle;
+use std::time::Duration;
+
+use crossbeam_channel::{Receiver, RecvTimeoutError, Sender};
+use parking_lot::{Condvar, Mutex, MutexGuard};
+
+use crate::backend::{OpenMode, StorageDir, StorageFile};
+use crate::error::{Result, StoreError};
+use crate::record::MAX_AUTHOR_BYTES;
+
+/// First bytes of every segment.
+pub const SEGMENT_MAGIC: [u8; 8] = *b"FERRYWAL";
+/// The segment format this code writes and reads.
+pub const SEGMENT_VERSION: u32 = 1;
+/// Bytes of a segment header: magic, version, a reserved zero `u32`, first LSN.
+pub const SEGMENT_HEADER_LEN: usize = 24;
+/// Bytes of a record header: body length `u32`, CRC-32 `u32`, LSN `u64`.
+pub const RECORD_HEADER_LEN: usize = 16;
+/// Bytes of the fixed part of a record body: op, author length, path length, mtime, rev.
+pub const BODY_FIXED_LEN: usize = 20;
+/// A segment is closed and a new one started once it holds this many bytes.
+pub const DEFAULT_SEGMENT_BYTES: u64 = 64 << 20;
+/// Segments grow by this many zero bytes ahead of the records.
+pub const DEFAULT_PREALLOCATE_BYTES: u64 = 4 << 20;
+
+const OP_PUT: u8 = 1;
+const OP_APPEND: u8 = 2;
+const OP_PATCH: u8 = 3;
+const OP_DELETE: u8 = 4;
+
+/// When the log is synced to disk.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum WalSync {
+    /// A change is acknowledged only after an `fdatasync` covering it (group-committed).
+    #[default]
+    Always,
+    /// A change is acknowledged once written to the OS; a background thread syncs every this
+    /// many milliseconds (Redis `appendfsync everysec` is `Interval(1000)`). A power cut can
+    /// lose up to that much; a process crash loses nothing.
+    Interval(u64),
+    /// A change is acknowledged once written to the OS, which syncs when it likes.
+    Os,
+}
+
+/// How a log is opened.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct WalOptions {
+    pub sync: WalSync,
+    /// Size at which a segment is closed and the next one started.
+    pub segment_bytes: u64,
+    /// Zero bytes written ahead of the records, so that most syncs overwrite allocated
+    /// blocks instead of growing the file; growing needs a journal commit per sync, which on
+    /// a typical disk makes a sync several times slower. 0 disables.
+    pub preallocate_bytes: u64,
+}
+
+impl Default for WalOptions {
+    fn default() -> WalOptions {
+        WalOptions {
+            sync: WalSync::Always,
+            segment_bytes: DEFAULT_SEGMENT_BYTES,
+            preallocate_bytes: DEFAULT_PREALLOCATE_BYTES,
+        }
+    }
+}
+
+/// What a change did to a file.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum WalOp<'a> {
+    /// The file's content is now these bytes.
+    Put(&'a [u8]),
+    /// These bytes were appended.
+    Append(&'a [u8]),
+    /// `delete` bytes at byte offset `at` were replaced by `insert`.
+    Patch { at: u64, delete: u64, insert: &'a [u8] },
+    /// The file was deleted.
+    Delete,
+}
+
+/// One logged change.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct WalEntry<'a> {
+    pub path: &'a str,
+    pub author: &'a str,
+    pub mtime_ms: u64,
+    /// The file's revision after the change.
+    pub rev: u64,
+    pub op: WalOp<'a>,
+}
+
+/// What recovery found.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct WalRecovery {
+    /// Records after the checkpoint handed to the replay function.
+    pub replayed: u64,
+    /// Bytes cut from a torn tail, and the segment it was in.
+    pub truncated: Option<(String, u64)>,
+    /// Segments after a torn one, removed.
+    pub removed_segments: Vec<String>,
+    /// The LSN the next append gets.
+    pub next_lsn: u64,
+}
+
+/// The file name of the segment whose first record has `first_lsn`.
+pub fn segment_name(first_lsn: u64) -> String {
+    format!("wal-{first_lsn:020}.log")
+}
+
+/// The first LSN of a segment, from its file name.
+pub fn parse_segment_name(name: &str) -> Option<u64> {
+    let digits = name.strip_prefix("wal-")?.strip_suffix(".log")?;
+    if digits.len() == 20 && digits.bytes().all(|b| b.is_ascii_digit()) {
+        digits.parse().ok()
+    } else {
+        None
+    }
+}
+
+fn body_len(entry: &WalEntry<'_>) -> usize {
+    let extra = match entry.op {
+        WalOp::Put(bytes) | WalOp::Append(bytes) => bytes.len(),
+        WalOp::Patch { insert, .. } => 16 + insert.len(),
+        WalOp::Delete => 0,
+    };
+    BODY_FIXED_LEN + entry.path.len() + entry.author.len() + extra
+}
+
+/// Appends the framed record to `buf`.
+fn encode(buf: &mut Vec<u8>, lsn: u64, entry: &WalEntry<'_>) -> Result<()> {
+    if entry.author.len() > MAX_AUTHOR_BYTES {
+        return Err(StoreError::AuthorTooLong { len: entry.author.len(), max: MAX_AUTHOR_BYTES });
+    }
+    let len = body_len(entry);
+    let path_len = u16::try_from(entry.path.len());
+    let (Ok(len32), Ok(path_len)) = (u32::try_from(len), path_len) else {
+        return Err(StoreError::TooLarge {
+            path: entry.path.to_owned(),
+            size: len as u64,
+            max: u64::from(u32::MAX),
+        });
+    };
+    let start = buf.len();
+    buf.reserve(RECORD_HEADER_LEN + len);
+    buf.extend_from_slice(&len32.to_le_bytes());
+    buf.extend_from_slice(&[0; 4]);
+    buf.extend_from_slice(&lsn.to_le_bytes());
+    let (op, data): (u8, &[u8]) = match entry.op {
+        WalOp::Put(bytes) => (OP_PUT, bytes),
+        WalOp::Append(bytes) => (OP_APPEND, bytes),
+        WalOp::Patch { insert, .. } => (OP_PATCH, insert),
+        WalOp::Delete => (OP_DELETE, &[]),
+    };
+    buf.push(op);
+    buf.push(entry.author.len() as u8);
+    buf.extend_from_slice(&path_len.to_le_bytes());
+    buf.extend_from_slice(&entry.mtime_ms.to_le_bytes());
+    buf.extend_from_slice(&entry.rev.to_le_bytes());
+    buf.extend_from_slice(entry.path.as_bytes());
+    buf.extend_from_slice(entry.author.as_bytes());
+    if let WalOp::Patch { at, delete, .. } = entry.op {
+        buf.extend_from_slice(&at.to_le_bytes());
+        buf.extend_from_slice(&delete.to_le_bytes());
+    }
+    buf.extend_from_slice(data);
+    let crc = crc32fast::hash(&buf[start + 8..]);
+    buf[start + 4..start + 8].copy_from_slice(&crc.to_le_bytes());
+    Ok(())
+}
+
+/// The result of reading one record.
+enum Frame<'a> {
+    Record {
+        lsn: u64,
+        entry: WalEntry<'a>,
+        next: usize,
+    },
+    /// No more records: nothing left, or a torn or garbled frame (why).
+    End(Option<&'static str>),
+}
+
+fn u32_at(b: &[u8], at: usize) -> u32 {
+    u32::from_le_bytes(b[at..at + 4].try_into().expect("4 bytes"))
+}
+
+fn u64_at(b: &[u8], at: usize) -> u64 {
+    u64::from_le_bytes(b[at..at + 8].try_into().expect("8 bytes"))
+}
+
+/// Reads the frame at `offset`. A frame that is short, fails its CRC or has an unexpected LSN
+/// ends the log; a frame whose CRC holds but whose body does not parse is corruption.
+fn read_frame<'a>(
+    bytes: &'a [u8],
+    offset: usize,
+    expected_lsn: u64,
+    file: &str,
+) -> std::result::Result<Frame<'a>, String> {
+    let rest = &bytes[offset..];
+    if rest.is_empty() {
+        return Ok(Frame::End(None));
+    }
+    if rest.len() >= RECORD_HEADER_LEN && rest[..RECORD_HEADER_LEN].iter().all(|&b| b == 0) {
+        // Preallocated space; bytes after the zeros mean a batch landed only in part.
+        return Ok(Frame::End(if rest.iter().all(|&b| b == 0) {
+            None
+        } else {
+            Some("zeros before later bytes")
+        }));
+    }
+    if rest.len() < RECORD_HEADER_LEN {
+        return Ok(Frame::End(Some("record header cut short")));
+    }
+    let len = u32_at(rest, 0) as usize;
+    if rest.len() - RECORD_HEADER_LEN < len {
+        return Ok(Frame::End(Some("record body cut short")));
+    }
+    let crc = u32_at(rest, 4);
+    let framed = &rest[8..RECORD_HEADER_LEN + len];
+    if crc32fast::hash(framed) != crc {
+        return Ok(Frame::End(Some("record checksum mismatch")));
+    }
+    let lsn = u64_at(rest, 8);
+    if lsn != expected_lsn {
+        return Ok(Frame::End(Some("record out of sequence")));
+    }
+    let body = &rest[RECORD_HEADER_LEN..RECORD_HEADER_LEN + len];
+    let entry = parse_body(body).map_err(|what| format!("{file}: record {lsn}: {what}"))?;
+    Ok(Frame::Record { lsn, entry, next: offset + RECORD_HEADER_LEN + len })
+}
+
+fn parse_body(body: &[u8]) -> std::result::Result<WalEntry<'_>, &'static str> {
+    if body.len() < BODY_FIXED_LEN {
+        return Err("body shorter than its fixed part");
+    }
+    let op = body[0];
+    let author_len = usize::from(body[1]);
+    let path_len = usize::from(u16::from_le_bytes([body[2], body[3]]));
+    let mtime_ms = u64_at(body, 4);
+    let rev = u64_at(body, 12);
+    let mut at = BODY_FIXED_LEN;
+    let mut take = |n: usize| -> std::result::Result<&[u8], &'static str> {
+        let slice = body.get(at..at + n).ok_or("field runs past the body")?;
+        at += n;
+        Ok(slice)
+    };
+    let path = std::str::from_utf8(take(path_len)?).map_err(|_| "path is not UTF-8")?;
+    let author = std::str::from_utf8(take(author_len)?).map_err(|_| "author is not UTF-8")?;
+    let op = match op {
+        OP_PUT => WalOp::Put(&body[at..]),
+        OP_APPEND => WalOp::Append(&body[at..]),
+        OP_PATCH => {
+            let fixed = take(16)?;
+            WalOp::Patch { at: u64_at(fixed, 0), delete: u64_at(fixed, 8), insert: &body[at..] }
+        }
+        OP_DELETE if at == body.len() => WalOp::Delete,
+        OP_DELETE => return Err("delete record carries data"),
+        _ => return Err("unknown operation"),
+    };
+    Ok(WalEntry { path, author, mtime_ms, rev, op })
+}
+
+fn segment_header(first_lsn: u64) -> [u8; SEGMENT_HEADER_LEN] {
+    let mut h = [0u8; SEGMENT_HEADER_LEN];
+    h[..8].copy_from_slice(&SEGMENT_MAGIC);
+    h[8..12].copy_from_slice(&SEGMENT_VERSION.to_le_bytes());
+    h[16..24].copy_from_slice(&first_lsn.to_le_bytes());
+    h
+}
+
+/// Whether a segment's header is intact; `Ok(false)` if it was torn while being created.
+fn check_segment_header(bytes: &[u8], first_lsn: u64, file: &Path) -> Result<bool> {
+    let expected = segment_header(first_lsn);
+    if bytes.len() >= SEGMENT_HEADER_LEN && bytes[..SEGMENT_HEADER_LEN] == expected {
+        return Ok(true);
+    }
+    let n = bytes.len().min(SEGMENT_HEADER_LEN);
+    // A creation torn by a crash leaves a prefix of the header, or zeros.
+    let torn = bytes.len() < SEGMENT_HEADER_LEN || bytes[..n].iter().all(|&b| b == 0);
+    if torn && (bytes[..n] == expected[..n] || bytes[..n].iter().all(|&b| b == 0)) {
+        return Ok(false);
+    }
+    if bytes[..n.min(8)] != SEGMENT_MAGIC[..n.min(8)] {
+        return Err(StoreError::Foreign {
+            file: file.to_owned(),
+            what: "no FERRYWAL magic".into(),
+        });
+    }
+    let version = u32_at(bytes, 8);
+    if version != SEGMENT_VERSION {
+        return Err(StoreError::Foreign {
+            file: file.to_owned(),
+            what: format!("segment format version {version}, this build reads {SEGMENT_VERSION}"),
+        });
+    }
+    Err(StoreError::corrupt(
+        file,
+        16,
+        format!("header names first LSN {}, the file name {first_lsn}", u64_at(bytes, 16)),
+    ))
+}
+
+struct Segment {
+    first_lsn: u64,
+    name: String,
+    /// Bytes of header and records.
+    bytes: u64,
+    /// Length of the file, preallocated zeros included.
+    allocated: u64,
+}
+
+/// What only the current leader (or a checkpoint) touches: the open segment and the list.
+struct IoState {
+    dir: Arc<dyn StorageDir>,
+    file: Arc<dyn StorageFile>,
+    /// Oldest first; the last one is being written.
+    segments: Vec<Segment>,
+    segment_bytes: u64,
+    preallocate_bytes: u64,
+}
+
+struct State {
+    /// Encoded records not yet handed to the OS.
+    buf: Vec<u8>,
+    /// A cleared buffer kept to swap in, so that steady state allocates nothing.
+    spare: Vec<u8>,
+    /// LSN of the first record in `buf`.
+    buf_first_lsn: u64,
+    next_lsn: u64,
+    /// Every record up to here was written to the OS.
+    written_lsn: u64,
+    /// Every record up to here was synced.
+    synced_lsn: u64,
+    /// A leader is writing; waiters sleep on the condvar.
+    leader: bool,
+    /// The first write or sync error; the log accepts nothing after it.
+    failed: Option<(PathBuf, String)>,
+    /// Sum of the segment files' sizes.
+    total_bytes: u64,
+    segment_count: usize,
+    closed: bool,
+}
+
+struct Shared {
+    sync: WalSync,
+    state: Mutex<State>,
+    cond: Condvar,
+    io: Mutex<IoState>,
+}
+
+/// The write-ahead log of one partition. See the module documentation.
+pub struct WriteAheadLog {
+    shared: Arc<Shared>,
+    syncer: Option<(Sender<()>, JoinHandle<()>)>,
+}
+
+impl WriteAheadLog {
+    /// Opens the log in `dir` for writing, replaying every record with an LSN above
+    /// `checkpoint_lsn` through `replay`, in LSN order. A torn tail is cut off and the log
+    /// continues after the last good record (or after the checkpoint, if that is later).
+    /// If `replay` fails, nothing on disk has been changed.
+    pub fn open(
+        dir: Arc<dyn StorageDir>,
+        checkpoint_lsn: u64,
+        options: WalOptions,
+        replay: &mut dyn FnMut(u64, &WalEntry<'_>) -> Result<()>,
+    ) -> Result<(WriteAheadLog, WalRecovery)> {
+        let dir_path = dir.path().to_owned();
+        let mut names: Vec<(u64, String)> = dir
+            .list()
+            .map_err(|e| StoreError::io("list", &dir_path, e))?
+            .into_iter()
+            .filter_map(|name| parse_segment_name(&name).map(|lsn| (lsn, name)))
+            .collect();
+        names.sort();
+
+        let mut recovery = WalRecovery::default();
+        let mut segments: Vec<Segment> = Vec::new();
+        let mut last_lsn = 0u64;
+        // Where the log ends: (index into `names`, valid length) if a torn frame was found.
+        let mut torn: Option<(usize, u64)> = None;
+        let mut expected_next_in_last = 0u64;
+        // The last segment's valid length, if preallocated zeros follow it.
+        let mut zero_tail: Option<u64> = None;
+        for (i, (first_lsn, name)) in names.iter().enumerate() {
+            let path = dir_path.join(name);
+            let file = dir
+                .open_file(name, OpenMode::ReadOnly)
+                .map_err(|e| StoreError::io("open wal segment", &path, e))?;
+            let map = file.map().map_err(|e| StoreError::io("map wal segment", &path, e))?;
+            let bytes = map.bytes();
+            if !check_segment_header(bytes, *first_lsn, &path)? {
+                torn = Some((i, 0));
+                break;
+            }
+            if *first_lsn <= last_lsn {
+                return Err(StoreError::corrupt(
+                    path,
+                    0,
+                    format!("segment starts at LSN {first_lsn}, the previous ended at {last_lsn}"),
+                ));
+            }
+            let mut offset = SEGMENT_HEADER_LEN;
+            let mut expected = *first_lsn;
+            loop {
+                let frame = read_frame(bytes, offset, expected, name)
+                    .map_err(|what| StoreError::corrupt(path.clone(), offset as u64, what))?;
+                match frame {
+                    Frame::Record { lsn, entry, next } => {
+                        if lsn > checkpoint_lsn {
+                            replay(lsn, &entry)?;
+                            recovery.replayed += 1;
+                        }
+                        last_lsn = lsn;
+                        expected = lsn + 1;
+                        offset = next;
+                    }
+                    Frame::End(None) => {
+                        zero_tail = (offset < bytes.len()).then_some(offset as u64);
+                        break;
+                    }
+                    Frame::End(Some(why)) => {
+                        tracing::warn!(
+                            segment = %path.display(), offset, reason = why,
+                            "write-ahead log ends in a torn record; cutting it off"
+                        );
+                        torn = Some((i, offset as u64));
+                        break;
+                    }
+                }
+            }
+            segments.push(Segment {
+                first_lsn: *first_lsn,
+                name: name.clone(),
+                bytes: offset as u64,
+                allocated: offset as u64,
+            });
+            expected_next_in_last = expected;
+            if torn.is_some() {
+                break;
+            }
+        }
+
+        // Replay succeeded: now repair the tail.
+        let mut dir_changed = false;
+        if let Some((i, valid)) = torn {
+            let (_, name) = &names[i];
+            let path = dir_path.join(name);
+            if valid == 0 {
+                dir.remove_file(name).map_err(|e| StoreError::io("remove", &path, e))?;
+                recovery.removed_segments.push(name.clone());
+                dir_changed = true;
+            } else {
+                let file = dir
+                    .open_file(name, OpenMode::ReadWrite)
+                    .map_err(|e| StoreError::io("open wal segment", &path, e))?;
+                let len = file.len().map_err(|e| StoreError::io("stat", &path, e))?;
+                file.set_len(valid)
+                    .and_then(|()| file.sync_data())
+                    .map_err(|e| StoreError::io("truncate torn wal tail", &path, e))?;
+                recovery.truncated = Some((name.clone(), len - valid));
+            }
+            for (_, later) in &names[i + 1..] {
+                dir.remove_file(later)
+                    .map_err(|e| StoreError::io("remove", dir_path.join(later), e))?;
+                recovery.removed_segments.push(later.clone());
+                dir_changed = true;
+            }
+        }
+
+        if let (None, Some(valid), Some(seg)) = (torn, zero_tail, segments.last()) {
+            let path = dir_path.join(&seg.name);
+            let file = dir
+                .open_file(&seg.name, OpenMode::ReadWrite)
+                .map_err(|e| StoreError::io("open wal segment", &path, e))?;
+            file.set_len(valid)
+                .and_then(|()| file.sync_data())
+                .map_err(|e| StoreError::io("cut preallocated wal tail", &path, e))?;
+        }
+
+        let next_lsn = last_lsn.max(checkpoint_lsn) + 1;
+        recovery.next_lsn = next_lsn;
+        let reuse_last = segments.last().is_some() && expected_next_in_last == next_lsn;
+        let (file, current_bytes) = if reuse_last {
+            let seg = segments.last().expect("checked");
+            let path = dir_path.join(&seg.name);
+            let file = dir
+                .open_file(&seg.name, OpenMode::ReadWrite)
+                .map_err(|e| StoreError::io("open wal segment", &path, e))?;
+            (file, seg.bytes)
+        } else {
+            let (seg, file) = create_segment(dir.as_ref(), next_lsn)?;
+            let bytes = seg.bytes;
+            segments.push(seg);
+            dir_changed = true;
+            (file, bytes)
+        };
+        if dir_changed {
+            dir.sync().map_err(|e| StoreError::io("sync directory", &dir_path, e))?;
+        }
+        debug_assert_eq!(segments.last().map(|s| s.bytes), Some(current_bytes));
+
+        let total_bytes = segments.iter().map(|s| s.bytes).sum();
+        let segment_count = segments.len();
+        let shared = Arc::new(Shared {
+            sync: options.sync,
+            state: Mutex::new(State {
+                buf: Vec::new(),
+                spare: Vec::new(),
+                buf_first_lsn: next_lsn,
+                next_lsn,
+                written_lsn: next_lsn - 1,
+                synced_lsn: next_lsn - 1,
+                leader: false,
+                failed: None,
+                total_bytes,
+                segment_count,
+                closed: false,
+            }),
+            cond: Condvar::new(),
+            io: Mutex::new(IoState {
+                dir,
+                file,
+                segments,
+                segment_bytes: options.segment_bytes.max(SEGMENT_HEADER_LEN as u64 + 1),
+                preallocate_bytes: options.preallocate_bytes,
+            }),
+        });
+        let syncer = match options.sync {
+            WalSync::Interval(ms) => Some(spawn_syncer(shared.clone(), ms)?),
+            WalSync::Always | WalSync::Os => None,
+        };
+        Ok((WriteAheadLog { shared, syncer }, recovery))
+    }
+
+    /// Adds a record and returns its LSN. Nothing is written yet: call
+    /// [`WriteAheadLog::wait`] before acknowledging the change.
+    pub fn append(&self, entry: &WalEntry<'_>) -> Result<u64> {
+        let mut st = self.shared.state.lock();
+        if let Some(err) = st.failure() {
+            return Err(err);
+        }
+        if st.closed {
+            return Err(StoreError::Closed);
+        }
+        let lsn = st.next_lsn;
+        encode(&mut st.buf, lsn, entry)?;
+        st.next_lsn += 1;
+        Ok(lsn)
+    }
+
+    /// Returns once the record `lsn` may be acknowledged under the sync policy: synced for
+    /// `Always`, written to the OS otherwise.
+    pub fn wait(&self, lsn: u64) -> Result<()> {
+        self.shared.wait_for(lsn, self.shared.sync == WalSync::Always)
+    }
+
+    /// Writes and syncs every record appended so far, whatever the policy.
+    pub fn sync(&self) -> Result<()> {
+        self.shared.sync_all()
+    }
+
+    /// The LSN of the last appended record (the checkpoint's LSN if none was appended yet).
+    pub fn last_lsn(&self) -> u64 {
+        self.shared.state.lock().next_lsn - 1
+    }
+
+    /// Every record up to this LSN is synced.
+    pub fn synced_lsn(&self) -> u64 {
+        self.shared.state.lock().synced_lsn
+    }
+
+    /// Bytes of all segment files, and how many there are.
+    pub fn size(&self) -> (u64, usize) {
+        let st = self.shared.state.lock();
+        (st.total_bytes, st.segment_count)
+    }
+
+    /// Removes the segments whose records all have LSNs up to `lsn`, now that the B+tree holds
+    /// them durably. Returns how many were removed. The segment being written stays.
+    pub fn checkpoint(&self, lsn: u64) -> Result<usize> {
+        let mut io = self.shared.io.lock();
+        let mut removed_bytes = 0;
+        let mut removable = 0;
+        while removable + 1 < io.segments.len() && io.segments[removable + 1].first_lsn <= lsn + 1 {
+            removable += 1;
+        }
+        let mut removed = 0;
+        for seg in io.segments.iter().take(removable) {
+            // If a removal is lost in a crash, the segment's records are all at or below the
+            // checkpoint and recovery skips them.
+            io.dir
+                .remove_file(&seg.name)
+                .map_err(|e| StoreError::io("remove", io.dir.path().join(&seg.name), e))?;
+            removed_bytes += seg.bytes;
+            removed += 1;
+        }
+        io.segments.drain(..removed);
+        let count = io.segments.len();
+        drop(io);
+        let mut st = self.shared.state.lock();
+        st.total_bytes -= removed_bytes;
+        st.segment_count = count;
+        Ok(removed)
+    }
+
+    /// Writes and syncs everything appended, then stops accepting appends.
+    pub fn close(mut self) -> Result<()> {
+        self.shutdown()
+    }
+
+    fn shutdown(&mut self) -> Result<()> {
+        if let Some((stop, handle)) = self.syncer.take() {
+            drop(stop);
+            let _ = handle.join();
+        }
+        let result = self.shared.sync_all();
+        self.shared.state.lock().closed = true;
+        result
+    }
+}
+
+impl Drop for WriteAheadLog {
+    fn drop(&mut self) {
+        if let Err(e) = self.shutdown() {
+            tracing::error!(error = %e, "closing the write-ahead log failed");
+        }
+    }
+}
+
+fn spawn_syncer(shared: Arc<Shared>, ms: u64) -> Result<(Sender<()>, JoinHandle<()>)> {
+    let (stop, stopped): (Sender<()>, Receiver<()>) = crossbeam_channel::bounded(0);
+    let interval = Duration::from_millis(ms.max(1));
+    let handle = std::thread::Builder::new()
+        .name("ferry-wal-sync".into())
+        .spawn(move || loop {
+            match stopped.recv_timeout(interval) {
+                Err(RecvTimeoutError::Timeout) => {
+                    if let Err(e) = shared.sync_all() {
+                        tracing::error!(error = %e, "periodic write-ahead log sync failed");
+                        return;
+                    }
+                }
+                Ok(()) | Err(RecvTimeoutError::Disconnected) => return,
+            }
+        })
+        .map_err(|e| StoreError::io("spawn wal sync thread", PathBuf::new(), e))?;
+    Ok((stop, handle))
+}
+
+fn create_segment(dir: &dyn StorageDir, first_lsn: u64) -> Result<(Segment, Arc<dyn StorageFile>)> {
+    let name = segment_name(first_lsn);
+    let path = dir.path().join(&name);
+    let file = dir
+        .open_file(&name, OpenMode::Create)
+        .map_err(|e| StoreError::io("create wal segment", &path, e))?;
+    file.set_len(0)
+        .and_then(|()| file.write_all_at(&segment_header(first_lsn), 0))
+        .and_then(|()| file.sync_data())
+        .map_err(|e| StoreError::io("write wal segment header", &path, e))?;
+    let len = SEGMENT_HEADER_LEN as u64;
+    Ok((Segment { first_lsn, name, bytes: len, allocated: len }, file))
+}
+
+impl State {
+    fn failure(&self) -> Option<StoreError> {
+        self.failed
+            .as_ref()
+            .map(|(file, what)| StoreError::WalFailed { file: file.to_owned(), what: what.clone() })
+    }
+}
+
+impl Shared {
+    fn sync_all(&self) -> Result<()> {
+        let target = self.state.lock().next_lsn - 1;
+        self.wait_for(target, true)
+    }
+
+    /// Returns once `lsn` is written (and synced if `need_sync`), leading the write if no one
+    /// else is.
+    fn wait_for(&self, lsn: u64, need_sync: bool) -> Result<()> {
+        let mut st = self.state.lock();
+        loop {
+            if let Some(err) = st.failure() {
+                return Err(err);
+            }
+            let reached = if need_sync { st.synced_lsn } else { st.written_lsn };
+            if reached >= lsn {
+                return Ok(());
+            }
+            if st.leader {
+                self.cond.wait(&mut st);
+                continue;
+            }
+            self.lead(&mut st, need_sync);
+        }
+    }
+
+    /// Writes (and maybe syncs) everything buffered, with the state lock released meanwhile.
+    fn lead(&self, st: &mut MutexGuard<'_, State>, need_sync: bool) {
+        st.leader = true;
+        let spare = std::mem::take(&mut st.spare);
+        let mut batch = std::mem::replace(&mut st.buf, spare);
+        let first_lsn = st.buf_first_lsn;
+        let last_lsn = st.next_lsn - 1;
+        st.buf_first_lsn = st.next_lsn;
+        let sync = need_sync || self.sync == WalSync::Always;
+        let result = MutexGuard::unlocked(st, || self.write_batch(&batch, first_lsn, sync));
+        batch.clear();
+        st.spare = batch;
+        st.leader = false;
+        match result {
+            Ok(added) => {
+                st.written_lsn = last_lsn;
+                if sync {
+                    st.synced_lsn = last_lsn;
+                }
+                st.total_bytes += added.bytes;
+                st.segment_count += added.segments;
+            }
+            Err((file, what)) => {
+                tracing::error!(file = %file.display(), error = %what, "write-ahead log failed");
+                st.failed = Some((file, what));
+            }
+        }
+        self.cond.notify_all();
+    }
+
+    fn write_batch(
+        &self,
+        batch: &[u8],
+        first_lsn: u64,
+        sync: bool,
+    ) -> std::result::Result<Growth, (PathBuf, String)> {
+        let mut io = self.io.lock();
+        let mut growth = Growth::default();
+        let current = io.segments.last().expect("the log always has a current segment");
+        if !batch.is_empty() && current.bytes >= io.segment_bytes {
+            let path = io.dir.path().join(&current.name);
+            // Cut the preallocated zeros and sync the full segment first: a torn record in an
+            // older segment would end the log there and drop every later segment.
+            io.file
+                .set_len(current.bytes)
+                .and_then(|()| io.file.sync_data())
+                .map_err(|e| (path, format!("close segment: {e}")))?;
+            let (seg, file) = create_segment(io.dir.as_ref(), first_lsn)
+                .map_err(|e| (io.dir.path().join(segment_name(first_lsn)), e.to_string()))?;
+            io.dir
+                .sync()
+                .map_err(|e| (io.dir.path().to_owned(), format!("sync directory: {e}")))?;
+            growth.bytes += seg.bytes;
+            growth.segments += 1;
+            io.segments.push(seg);
+            io.file = file;
+        }
+        let seg = io.segments.last().expect("current segment");
+        let (offset, allocated) = (seg.bytes, seg.allocated);
+        let path = io.dir.path().join(&seg.name);
+        if !batch.is_empty() {
+            let end = offset + batch.len() as u64;
+            io.file
+                .write_all_at(batch, offset)
+                .map_err(|e| (path.clone(), format!("write: {e}")))?;
+            let mut new_allocated = allocated.max(end);
+            if end > allocated && io.preallocate_bytes > 0 {
+                new_allocated = end + io.preallocate_bytes;
+                let zeros = vec![0u8; io.preallocate_bytes as usize];
+                io.file
+                    .write_all_at(&zeros, end)
+                    .map_err(|e| (path.clone(), format!("preallocate: {e}")))?;
+            }
+            let seg = io.segments.last_mut().expect("current segment");
+            seg.bytes = end;
+            seg.allocated = new_allocated;
+            growth.bytes += batch.len() as u64;
+        }
+        if sync {
+            io.file.sync_data().map_err(|e| (path, format!("sync: {e}")))?;
+        }
+        Ok(growth)
+    }
+}
+
+#[derive(Default)]
+struct Growth {
+    bytes: u64,
+    segments: usize,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn entry(path: &str, rev: u64, op: WalOp<'static>) -> WalEntry<'static> {
+        let path: &'static str = Box::leak(path.to_owned().into_boxed_str());
+        WalEntry { path, author: "alice", mtime_ms: 1_700_000_000_000 + rev, rev, op }
+    }
+
+    #[test]
+    fn every_op_round_trips_through_the_frame() {
+        let ops = [
+            WalOp::Put(b"hello"),
+            WalOp::Append(b" world"),
+            WalOp::Patch { at: 3, delete: 2, insert: b"XY" },
+            WalOp::Delete,
+            WalOp::Put(b""),
+        ];
+        let mut buf = Vec::new();
+        for (i, op) in ops.iter().enumerate() {
+            encode(&mut buf, 10 + i as u64, &entry("/a/b", i as u64 + 1, *op)).unwrap();
+        }
+        let mut offset = 0;
+        for (i, op) in ops.iter().enumerate() {
+            match read_frame(&buf, offset, 10 + i as u64, "t").unwrap() {
+                Frame::Record { lsn, entry: e, next } => {
+                    assert_eq!(lsn, 10 + i as u64);
+                    assert_eq!(e, entry("/a/b", i as u64 + 1, *op));
+                    offset = next;
+                }
+                Frame::End(why) => panic!("record {i} missing: {why:?}"),
+            }
+        }
+        assert!(matches!(read_frame(&buf, offset, 15, "t").unwrap(), Frame::End(None)));
+    }
+
+    #[test]
+    fn torn_flipped_and_out_of_sequence_frames_end_the_log() {
+        let mut buf = Vec::new();
+        encode(&mut buf, 1, &entry("/a", 1, WalOp::Put(b"0123456789"))).unwrap();
+        for cut in 1..buf.len() {
+            let frame = read_frame(&buf[..cut], 0, 1, "t").unwrap();
+            assert!(matches!(frame, Frame::End(Some(_))), "cut at {cut}");
+        }
+        for flip in 0..buf.len() {
+            let mut bad = buf.clone();
+            bad[flip] ^= 0x40;
+            match read_frame(&bad, 0, 1, "t") {
+                Ok(Frame::End(Some(_))) => {}
+                Ok(Frame::Record { .. }) | Ok(Frame::End(None)) | Err(_) => {
+                    panic!("flipped byte {flip} not detected")
+                }
+            }
+        }
+        assert!(matches!(read_frame(&buf, 0, 2, "t").unwrap(), Frame::End(Some(_))));
+        // Preallocated zeros are a clean end; zeros followed by bytes are a torn batch.
+        let mut zeros = vec![0u8; 64];
+        assert!(matches!(read_frame(&zeros, 0, 1, "t").unwrap(), Frame::End(None)));
+        zeros[40] = 1;
+        assert!(matches!(read_frame(&zeros, 0, 1, "t").unwrap(), Frame::End(Some(_))));
+    }
+
+    #[test]
+    fn a_checksummed_but_malformed_body_is_corruption() {
+        let mut buf = Vec::new();
+        encode(&mut buf, 1, &entry("/a", 1, WalOp::Delete)).unwrap();
+        buf[RECORD_HEADER_LEN] = 99;
+        let crc = crc32fast::hash(&buf[8..]);
+        buf[4..8].copy_from_slice(&crc.to_le_bytes());
+        let err = read_frame(&buf, 0, 1, "seg").err().expect("corrupt");
+        assert!(err.contains("unknown operation"), "{err}");
+    }
+
+    #[test]
+    fn oversized_fields_are_refused() {
+        let mut buf = Vec::new();
+        let author = "x".repeat(MAX_AUTHOR_BYTES + 1);
+        let e = WalEntry { path: "/a", author: &author, mtime_ms: 0, rev: 1, op: WalOp::Delete };
+        assert!(matches!(encode(&mut buf, 1, &e), Err(StoreError::AuthorTooLong { .. })));
+        assert!(buf.is_empty());
+    }
+
+    #[test]
+    fn segment_names_round_trip_and_sort_by_lsn() {
+        assert_eq!(segment_name(42), "wal-00000000000000000042.log");
+        assert_eq!(parse_segment_name(&segment_name(u64::MAX)), Some(u64::MAX));
+        assert_eq!(parse_segment_name("wal-42.log"), None);
+        assert_eq!(parse_segment_name("tree-00000001.ferry"), None);
+        assert!(segment_name(9) < segment_name(10));
+    }
+}

@@ -1,0 +1,228 @@
+//! The partitioned store on a real directory: init, routing, reads through every layer,
+//! reopening, the write lock and the read-only view.
+
+use std::path::Path;
+
+use ferry_file_server::{
+    open_read_only, Change, FilePath, InitOptions, Store, StoreError, StoreOptions, WalSync,
+};
+
+fn p(s: &str) -> FilePath {
+    FilePath::parse(s).unwrap()
+}
+
+fn init(dir: &Path) {
+    Store::init(dir, InitOptions { partitions: 4, partition_depth: 2 }).unwrap();
+}
+
+fn fast() -> StoreOptions {
+    StoreOptions { wal_preallocate_bytes: 64 << 10, ..StoreOptions::default() }
+}
+
+#[test]
+fn init_writes_the_layout_and_refuses_a_different_one() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("data");
+    init(&dir);
+    init(&dir); // same layout again: fine
+    let err = Store::init(&dir, InitOptions { partitions: 8, partition_depth: 2 }).unwrap_err();
+    assert!(matches!(err, StoreError::LayoutMismatch { .. }), "{err:?}");
+    assert!(err.to_string().contains("4 partitions"), "{err}");
+    for i in 0..4 {
+        assert!(dir.join(format!("p{i:03}")).is_dir());
+    }
+    let manifest = std::fs::read_to_string(dir.join("ferry-store.json")).unwrap();
+    assert!(manifest.contains("\"partitions\": 4"), "{manifest}");
+    let missing = Store::open(&tmp.path().join("nothing"), fast()).err().unwrap();
+    assert!(matches!(missing, StoreError::NotInitialized { .. }), "{missing:?}");
+}
+
+#[test]
+fn changes_are_readable_at_once_and_after_flush_and_reopen() {
+    let tmp = tempfile::tempdir().unwrap();
+    init(tmp.path());
+    let store = Store::open(tmp.path(), fast()).unwrap();
+    let a = p("/home/alice/notes.txt");
+    let applied = store.apply(Change::put(a.clone(), "hello", "alice")).unwrap();
+    assert_eq!(applied.meta.rev, 1);
+    assert_eq!(store.get(&a).unwrap().unwrap().content.unwrap(), "hello");
+    store.apply(Change::append(a.clone(), " world", "bob").expecting(1)).unwrap();
+    let meta = store.stat(&a).unwrap().unwrap();
+    assert_eq!((meta.rev, meta.size, &*meta.author), (2, 11, "bob"));
+    for i in 0..50 {
+        store.apply(Change::put(p(&format!("/home/u{i}/f")), format!("{i}"), "x")).unwrap();
+    }
+    store.apply(Change::delete(p("/home/u7/f"), "x")).unwrap();
+    let listed = store.list("/home/u", None, 1000).unwrap();
+    assert_eq!(listed.len(), 49);
+    assert!(listed.windows(2).all(|w| w[0].0 < w[1].0), "path order across partitions");
+    let page = store.list("/home/u", Some(listed[9].0.as_str()), 5).unwrap();
+    assert_eq!(page, listed[10..15].to_vec());
+
+    store.flush().unwrap();
+    let stats = store.stats();
+    assert_eq!(stats.iter().map(|s| s.dirty).sum::<usize>(), 0);
+    assert_eq!(stats.iter().map(|s| s.entries).sum::<u64>(), 50);
+    assert_eq!(stats.iter().map(|s| s.tombstones).sum::<u64>(), 1);
+    assert_eq!(store.get(&a).unwrap().unwrap().content.unwrap(), "hello world");
+    // After a flush, a change in the dirty set still wins over the tree in a listing.
+    store.apply(Change::delete(p("/home/u8/f"), "x")).unwrap();
+    store.apply(Change::put(p("/home/u7/f"), "back", "x").expecting(0)).unwrap();
+    let listed = store.list("/home/u", None, 1000).unwrap();
+    assert_eq!(listed.len(), 49);
+    assert!(listed.iter().all(|(path, _)| path.as_str() != "/home/u8/f"));
+    let back = listed.iter().find(|(path, _)| path.as_str() == "/home/u7/f").unwrap();
+    assert_eq!(back.1.rev, 3, "re-create continues the revision after the tombstone");
+    store.close().unwrap();
+
+    let store = Store::open(tmp.path(), fast()).unwrap();
+    assert_eq!(store.stat(&a).unwrap().unwrap().rev, 2);
+    assert_eq!(store.stat(&p("/home/u7/f")).unwrap().unwrap().rev, 3);
+    assert_eq!(store.stat(&p("/home/u8/f")).unwrap(), None);
+    let err = store.apply(Change::put(a.clone(), "x", "c").expecting(1)).unwrap_err();
+    assert!(matches!(err, StoreError::Conflict { expected: 1, actual: 2, .. }), "{err:?}");
+    store.close().unwrap();
+}
+
+#[test]
+fn readers_see_the_tree_not_the_writers_wal_tail() {
+    let tmp = tempfile::tempdir().unwrap();
+    init(tmp.path());
+    let options = StoreOptions { flush_interval_ms: 3_600_000, ..fast() };
+    let store = Store::open(tmp.path(), options).unwrap();
+    for i in 1..=20u64 {
+        store.apply(Change::append(p("/log/a"), format!("{i},"), "w")).unwrap();
+    }
+    let reader = open_read_only(tmp.path()).unwrap();
+    assert_eq!(reader.stat(&p("/log/a")).unwrap(), None);
+    assert_eq!(store.stat(&p("/log/a")).unwrap().unwrap().rev, 20);
+    store.flush().unwrap();
+    assert_eq!(reader.stat(&p("/log/a")).unwrap().unwrap().rev, 20);
+    store.close().unwrap();
+}
+
+#[test]
+fn a_second_writer_is_refused_and_a_reader_works_beside_the_writer() {
+    let tmp = tempfile::tempdir().unwrap();
+    init(tmp.path());
+    let store = Store::open(tmp.path(), fast()).unwrap();
+    let err = Store::open(tmp.path(), fast()).err().unwrap();
+    assert!(matches!(err, StoreError::Locked { pid, .. } if pid == std::process::id()), "{err:?}");
+    assert!(err.to_string().contains(&format!("locked by pid {}", std::process::id())));
+    store.apply(Change::put(p("/a/b"), "v1", "w")).unwrap();
+    store.flush().unwrap();
+    let reader = open_read_only(tmp.path()).unwrap();
+    assert_eq!(reader.get(&p("/a/b")).unwrap().unwrap().content.unwrap(), "v1");
+    store.apply(Change::put(p("/a/b"), "v2", "w")).unwrap();
+    store.apply(Change::put(p("/a/c"), "c", "w")).unwrap();
+    assert_eq!(reader.get(&p("/a/b")).unwrap().unwrap().content.unwrap(), "v1");
+    store.flush().unwrap();
+    assert_eq!(reader.get(&p("/a/b")).unwrap().unwrap().content.unwrap(), "v2");
+    assert_eq!(reader.list("/a/", None, 10).unwrap().len(), 2);
+    store.compact().unwrap();
+    assert_eq!(reader.stat(&p("/a/c")).unwrap().unwrap().rev, 1);
+    let snap = reader.snapshot().unwrap();
+    let all: Vec<_> = snap.scan("/", None).collect::<Result<_, _>>().unwrap();
+    assert_eq!(all.iter().map(|(p, _)| p.as_str()).collect::<Vec<_>>(), ["/a/b", "/a/c"]);
+    store.close().unwrap();
+    // Closed: the lock is free again.
+    Store::open(tmp.path(), fast()).unwrap().close().unwrap();
+}
+
+#[test]
+fn partitions_not_opened_here_are_refused() {
+    let tmp = tempfile::tempdir().unwrap();
+    init(tmp.path());
+    let probe = Store::open_partitions(tmp.path(), &[0], fast()).unwrap();
+    let mine = (0..100).map(|i| p(&format!("/d{i}/x"))).find(|f| probe.partition_of(f) == 0);
+    let other = (0..100).map(|i| p(&format!("/d{i}/x"))).find(|f| probe.partition_of(f) != 0);
+    let (mine, other) = (mine.unwrap(), other.unwrap());
+    probe.apply(Change::put(mine.clone(), "ok", "w")).unwrap();
+    let err = probe.apply(Change::put(other.clone(), "no", "w")).unwrap_err();
+    assert!(matches!(err, StoreError::PartitionNotOpen { .. }), "{err:?}");
+    // Another "process" can own the other partitions at the same time.
+    let rest = Store::open_partitions(tmp.path(), &[1, 2, 3], fast()).unwrap();
+    rest.apply(Change::put(other, "yes", "w")).unwrap();
+    let err = Store::open_partitions(tmp.path(), &[0], fast()).err().unwrap();
+    assert!(matches!(err, StoreError::Locked { .. }), "{err:?}");
+    probe.close().unwrap();
+    rest.close().unwrap();
+}
+
+#[test]
+fn every_sync_policy_keeps_data_across_a_clean_close() {
+    for sync in [WalSync::Always, WalSync::Interval(10), WalSync::Os] {
+        let tmp = tempfile::tempdir().unwrap();
+        init(tmp.path());
+        let options = StoreOptions { wal_sync: sync, ..fast() };
+        let store = Store::open(tmp.path(), options).unwrap();
+        let pending: Vec<_> = (0..100)
+            .map(|i| store.submit(Change::put(p(&format!("/s/{i}")), "x", "w")).unwrap())
+            .collect();
+        for w in pending {
+            w.wait().unwrap();
+        }
+        store.close().unwrap();
+        let store = Store::open(tmp.path(), options).unwrap();
+        assert_eq!(store.list("/s/", None, 1000).unwrap().len(), 100, "{sync:?}");
+        store.close().unwrap();
+    }
+}
+
+#[test]
+fn the_flusher_runs_on_its_own_when_enough_files_are_dirty() {
+    let tmp = tempfile::tempdir().unwrap();
+    init(tmp.path());
+    let options = StoreOptions { flush_interval_ms: 3_600_000, flush_max_dirty: 10, ..fast() };
+    let store = Store::open_partitions(tmp.path(), &[0, 1, 2, 3], options).unwrap();
+    let path = |i: usize| p(&format!("/same/dir/f{i}"));
+    for i in 0..30 {
+        store.apply(Change::put(path(i), "x", "w")).unwrap();
+    }
+    let part = store.partition_of(&path(0));
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    loop {
+        let stats = &store.stats()[part as usize];
+        if stats.entries >= 10 {
+            assert!(stats.checkpoint_lsn >= 10);
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline, "no flush without the interval: {stats:?}");
+        std::thread::yield_now();
+    }
+    store.close().unwrap();
+}
+
+#[test]
+fn steady_overwrites_keep_the_tree_bounded_through_automatic_compaction() {
+    let tmp = tempfile::tempdir().unwrap();
+    Store::init(tmp.path(), InitOptions { partitions: 1, partition_depth: 2 }).unwrap();
+    let options = StoreOptions { flush_interval_ms: 3_600_000, ..fast() };
+    let store = Store::open(tmp.path(), options).unwrap();
+    let mut max_tree = 0;
+    const ROUNDS: u32 = 150;
+    for round in 0..ROUNDS {
+        let pending: Vec<_> = (0..20)
+            .map(|f| {
+                let content = vec![b'a' + (round % 26) as u8; 3000];
+                store.submit(Change::put(p(&format!("/o/f{f}")), content, "w")).unwrap()
+            })
+            .collect();
+        for w in pending {
+            w.wait().unwrap();
+        }
+        store.flush().unwrap();
+        max_tree = max_tree.max(store.stats()[0].tree_bytes);
+    }
+    let stats = &store.stats()[0];
+    assert!(stats.tree_generation > 1, "never compacted: {stats:?}");
+    // 20 live files of 3 KB need well under 1 MB; without reclaim 150 rounds take ~13 MB.
+    assert!(max_tree < 10 << 20, "tree grew to {max_tree} bytes");
+    assert_eq!(stats.entries, 20);
+    let f7 = store.get(&p("/o/f7")).unwrap().unwrap();
+    assert_eq!(
+        (f7.meta.rev, f7.content.unwrap()[0]),
+        (u64::from(ROUNDS), b'a' + ((ROUNDS - 1) % 26) as u8)
+    );
+    store.close().unwrap();
+}
