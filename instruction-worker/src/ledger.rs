@@ -1,0 +1,178 @@
+//! The idempotency ledger of one partition: which (subject, key) writes were applied and what
+//! they answered, kept in memory and persisted through the store itself so that it survives a
+//! restart.
+//!
+//! The ledger lives in `S` reserved files of the partition (`/.ferry-idem-<n>`, the `n` chosen
+//! so that the file hashes to the partition), used as a ring of slots of `keys_per_slot`
+//! entries: a batch's keys are appended to the current slot; when it is full the next slot is
+//! overwritten (its keys forgotten) with a header of a higher generation. So between
+//! `(S - 1) * keys_per_slot` and `S * keys_per_slot` recent keys per partition are remembered.
+//!
+//! Ordering: a batch's ledger record is appended to the partition's WAL after the batch's
+//! writes and the answers are sent only once it is durable, so an answered write is always in
+//! the ledger. The one window: a crash after a write became durable but before its ledger
+//! record did (normally they share one group commit). The client got no answer then; its
+//! retry would apply the write a second time.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use ferry_file_server::{Change, FilePath, Store, StoreError};
+use ferry_protocol::AnswerBody;
+use serde::{Deserialize, Serialize};
+
+/// The path prefix of the ledger files (inside Ferry's reserved namespace).
+pub const LEDGER_PATH_PREFIX: &str = "/.ferry-idem-";
+
+const LEDGER_FORMAT: &str = "ferry-idempotency";
+const LEDGER_AUTHOR: &str = "ferry";
+
+/// (subject, key).
+pub(crate) type IdemKey = (Arc<str>, String);
+
+#[derive(Serialize, Deserialize)]
+struct Header {
+    ledger: String,
+    generation: u64,
+}
+
+#[derive(Serialize, Deserialize)]
+struct Entry {
+    s: Arc<str>,
+    k: String,
+    a: AnswerBody,
+}
+
+/// The ledger paths of every partition in `partitions`, `slots` each.
+pub(crate) fn slot_paths(
+    store: &Store,
+    partitions: &[u32],
+    slots: usize,
+) -> HashMap<u32, Vec<FilePath>> {
+    let mut out: HashMap<u32, Vec<FilePath>> =
+        partitions.iter().map(|&p| (p, Vec::with_capacity(slots))).collect();
+    let mut missing = partitions.len();
+    let mut n = 0u64;
+    while missing > 0 {
+        let path =
+            FilePath::parse(&format!("{LEDGER_PATH_PREFIX}{n}")).expect("ledger paths are valid");
+        n += 1;
+        if let Some(paths) = out.get_mut(&store.partition_of(&path)) {
+            if paths.len() < slots {
+                paths.push(path);
+                if paths.len() == slots {
+                    missing -= 1;
+                }
+            }
+        }
+    }
+    out
+}
+
+/// One partition's ledger. See the module documentation.
+pub(crate) struct KeyLedger {
+    slots: Vec<FilePath>,
+    keys_per_slot: usize,
+    current: usize,
+    generation: u64,
+    /// Entries in the current slot.
+    count: usize,
+    per_slot: Vec<Vec<IdemKey>>,
+    index: HashMap<IdemKey, AnswerBody>,
+}
+
+impl KeyLedger {
+    /// Loads the ledger kept in `slots`.
+    pub(crate) fn load(
+        store: &Store,
+        slots: Vec<FilePath>,
+        keys_per_slot: usize,
+    ) -> Result<KeyLedger, StoreError> {
+        let mut loaded: Vec<(u64, usize, Vec<Entry>)> = Vec::new();
+        for (i, path) in slots.iter().enumerate() {
+            let Some(record) = store.get(path)? else { continue };
+            let content = record.content.unwrap_or_default();
+            let mut lines = content.split(|&b| b == b'\n').filter(|l| !l.is_empty());
+            let header: Option<Header> = lines.next().and_then(|l| serde_json::from_slice(l).ok());
+            let Some(header) = header.filter(|h| h.ledger == LEDGER_FORMAT) else {
+                tracing::warn!(%path, "ignoring an idempotency ledger file without a header");
+                continue;
+            };
+            let mut entries = Vec::new();
+            for line in lines {
+                match serde_json::from_slice::<Entry>(line) {
+                    Ok(entry) => entries.push(entry),
+                    Err(e) => tracing::warn!(path = %path, error = %e, "ignoring a ledger line"),
+                }
+            }
+            loaded.push((header.generation, i, entries));
+        }
+        loaded.sort_by_key(|(generation, _, _)| *generation);
+        let mut ledger = KeyLedger {
+            per_slot: vec![Vec::new(); slots.len()],
+            slots,
+            keys_per_slot: keys_per_slot.max(1),
+            current: 0,
+            generation: 0,
+            count: 0,
+            index: HashMap::new(),
+        };
+        for (generation, slot, entries) in loaded {
+            ledger.current = slot;
+            ledger.generation = generation;
+            ledger.count = entries.len();
+            for entry in entries {
+                let key = (entry.s, entry.k);
+                ledger.per_slot[slot].push(key.clone());
+                ledger.index.insert(key, entry.a);
+            }
+        }
+        Ok(ledger)
+    }
+
+    /// The original answer of an applied write with this key.
+    pub(crate) fn lookup(&self, subject: &Arc<str>, key: &str) -> Option<&AnswerBody> {
+        // A borrowed lookup would need a custom key type; keys are short.
+        self.index.get(&(subject.clone(), key.to_owned()))
+    }
+
+    /// Remembers `entries` and returns the change that persists them, to be submitted after
+    /// the writes they answer.
+    pub(crate) fn record(&mut self, entries: Vec<(IdemKey, AnswerBody)>) -> Option<Change> {
+        if entries.is_empty() {
+            return None;
+        }
+        let fresh = self.count == 0 || self.count + entries.len() > self.keys_per_slot;
+        if fresh && self.count > 0 {
+            self.current = (self.current + 1) % self.slots.len();
+            self.count = 0;
+            for key in std::mem::take(&mut self.per_slot[self.current]) {
+                self.index.remove(&key);
+            }
+        }
+        let mut text = Vec::new();
+        if fresh {
+            self.generation += 1;
+            let header = Header { ledger: LEDGER_FORMAT.into(), generation: self.generation };
+            push_line(&mut text, &header);
+        }
+        for ((subject, key), answer) in entries {
+            push_line(&mut text, &Entry { s: subject.clone(), k: key.clone(), a: answer.clone() });
+            self.per_slot[self.current].push((subject.clone(), key.clone()));
+            self.index.insert((subject, key), answer);
+            self.count += 1;
+        }
+        let path = self.slots[self.current].clone();
+        Some(if fresh {
+            Change::put(path, text, LEDGER_AUTHOR)
+        } else {
+            Change::append(path, text, LEDGER_AUTHOR)
+        })
+    }
+}
+
+fn push_line<T: Serialize>(out: &mut Vec<u8>, value: &T) {
+    // Strings, integers and JSON values: serializing into a Vec cannot fail.
+    serde_json::to_writer(&mut *out, value).expect("ledger entries serialize");
+    out.push(b'\n');
+}
