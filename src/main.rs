@@ -35,6 +35,13 @@ enum Command {
     /// Read, write and inspect the file store directly (no server needed).
     #[command(subcommand)]
     Files(commands::files::FilesCommand),
+    /// Run the whole pipeline in this process: WebSocket ingress, worker, store and logger.
+    Serve(commands::serve::ServeArgs),
+    /// Issue client tokens signed with the auth secret.
+    #[command(subcommand)]
+    Token(commands::token::TokenCommand),
+    /// Talk to a running server: put, append, get, ls, watch.
+    Client(commands::client::ClientArgs),
 }
 
 impl Cli {
@@ -80,5 +87,8 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Config(cmd) => commands::config::run(&cli, cmd),
         Command::Init(args) => commands::init::run(&cli.load_config()?.config, args),
         Command::Files(cmd) => commands::files::run(&cli.load_config()?.config, cmd),
+        Command::Serve(args) => commands::serve::run(&cli.load_config()?.config, args),
+        Command::Token(cmd) => commands::token::run(&cli.load_config()?.config, cmd),
+        Command::Client(args) => commands::client::run(&cli.load_config()?.config, args),
     }
 }

@@ -128,8 +128,15 @@ fn config_show_and_check() {
     let tmp = tempfile::tempdir().unwrap();
     let data = tmp.path().join("data");
     let show = ok(&data, &["config", "show", "--set", "store.flush_interval_ms=5"]);
-    assert!(show.lines().any(|l| l.starts_with("store.flush_interval_ms = 5") && l.ends_with("# --set")), "{show}");
-    assert!(show.lines().any(|l| l.starts_with("store.partitions = 16") && l.ends_with("# default")), "{show}");
+    assert!(
+        show.lines()
+            .any(|l| l.starts_with("store.flush_interval_ms = 5") && l.ends_with("# --set")),
+        "{show}"
+    );
+    assert!(
+        show.lines().any(|l| l.starts_with("store.partitions = 16") && l.ends_with("# default")),
+        "{show}"
+    );
     let bad = tmp.path().join("bad.toml");
     std::fs::write(&bad, "[store]\nwal_synk = \"os\"\n").unwrap();
     let out = ferry(&data, &["config", "check", bad.to_str().unwrap()]);
@@ -138,4 +145,23 @@ fn config_show_and_check() {
     assert!(err.contains("did you mean store.wal_sync"), "{err}");
     let example = concat!(env!("CARGO_MANIFEST_DIR"), "/ferry.example.toml");
     assert!(ok(&data, &["config", "check", example]).contains("ok"));
+}
+
+#[test]
+fn verify_reports_a_damaged_page_with_file_and_offset() {
+    let tmp = tempfile::tempdir().unwrap();
+    let data = tmp.path().join("data");
+    ok(&data, &["init", "--partitions", "1"]);
+    put_stdin(&data, "/a.txt", &[b'a'; 3000]);
+    assert!(ok(&data, &["files", "verify"]).starts_with("ok"));
+    let tree = data.join("p000/tree-00000001.ferry");
+    let mut bytes = std::fs::read(&tree).unwrap();
+    let page = 2 * 4096;
+    bytes[page + 100] ^= 0xff;
+    std::fs::write(&tree, bytes).unwrap();
+    let out = ferry(&data, &["files", "verify"]);
+    assert!(!out.status.success());
+    let report = String::from_utf8_lossy(&out.stdout);
+    assert!(report.contains("tree-00000001.ferry") && report.contains("offset 8192"), "{report}");
+    assert!(fails(&data, &["files", "get", "/a.txt"]).contains("corrupt"));
 }

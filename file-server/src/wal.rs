@@ -317,6 +317,144 @@ fn check_segment_header(bytes: &[u8], first_lsn: u64, file: &Path) -> Result<boo
     ))
 }
 
+/// What reading every segment found.
+struct LogScan {
+    /// Segment files by first LSN, oldest first.
+    names: Vec<(u64, String)>,
+    /// The segments read up to where the log ends.
+    segments: Vec<Segment>,
+    /// Where the log ends before its files do: (index into `names`, valid length, why).
+    torn: Option<(usize, u64, &'static str)>,
+    /// The last segment's valid length, if preallocated zeros follow it.
+    zero_tail: Option<u64>,
+    last_lsn: u64,
+    expected_next_in_last: u64,
+}
+
+/// Reads every segment in order, handing each record to `visit`, up to the first torn or
+/// invalid frame. Writes nothing.
+fn scan_log(
+    dir: &dyn StorageDir,
+    visit: &mut dyn FnMut(u64, &WalEntry<'_>) -> Result<()>,
+) -> Result<LogScan> {
+    let dir_path = dir.path().to_owned();
+    let mut names: Vec<(u64, String)> = dir
+        .list()
+        .map_err(|e| StoreError::io("list", &dir_path, e))?
+        .into_iter()
+        .filter_map(|name| parse_segment_name(&name).map(|lsn| (lsn, name)))
+        .collect();
+    names.sort();
+
+    let mut segments: Vec<Segment> = Vec::new();
+    let mut last_lsn = 0u64;
+    let mut torn = None;
+    let mut expected_next_in_last = 0u64;
+    let mut zero_tail = None;
+    for (i, (first_lsn, name)) in names.iter().enumerate() {
+        let path = dir_path.join(name);
+        let file = dir
+            .open_file(name, OpenMode::ReadOnly)
+            .map_err(|e| StoreError::io("open wal segment", &path, e))?;
+        let map = file.map().map_err(|e| StoreError::io("map wal segment", &path, e))?;
+        let bytes = map.bytes();
+        if !check_segment_header(bytes, *first_lsn, &path)? {
+            torn = Some((i, 0, "segment header torn"));
+            break;
+        }
+        if *first_lsn <= last_lsn {
+            return Err(StoreError::corrupt(
+                path,
+                0,
+                format!("segment starts at LSN {first_lsn}, the previous ended at {last_lsn}"),
+            ));
+        }
+        let mut offset = SEGMENT_HEADER_LEN;
+        let mut expected = *first_lsn;
+        loop {
+            let frame = read_frame(bytes, offset, expected, name)
+                .map_err(|what| StoreError::corrupt(path.clone(), offset as u64, what))?;
+            match frame {
+                Frame::Record { lsn, entry, next } => {
+                    visit(lsn, &entry)?;
+                    last_lsn = lsn;
+                    expected = lsn + 1;
+                    offset = next;
+                }
+                Frame::End(None) => {
+                    zero_tail = (offset < bytes.len()).then_some(offset as u64);
+                    break;
+                }
+                Frame::End(Some(why)) => {
+                    torn = Some((i, offset as u64, why));
+                    break;
+                }
+            }
+        }
+        segments.push(Segment {
+            first_lsn: *first_lsn,
+            name: name.clone(),
+            bytes: offset as u64,
+            allocated: offset as u64,
+        });
+        expected_next_in_last = expected;
+        if torn.is_some() {
+            break;
+        }
+    }
+    Ok(LogScan { names, segments, torn, zero_tail, last_lsn, expected_next_in_last })
+}
+
+/// Where a log ends before its files do.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct WalTornTail {
+    pub segment: PathBuf,
+    pub offset: u64,
+    pub why: &'static str,
+    /// Segments after the torn one. Their records are unreachable: normal recovery never
+    /// leaves any, so a non-zero count is damage.
+    pub later_segments: usize,
+}
+
+/// What [`verify_wal`] found.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct WalVerifyReport {
+    pub segments: usize,
+    /// Records whose checksum and framing hold.
+    pub records: u64,
+    pub first_lsn: Option<u64>,
+    pub last_lsn: Option<u64>,
+    /// A torn last record is what a crash leaves and the next writer cuts off.
+    pub torn_tail: Option<WalTornTail>,
+}
+
+impl WalVerifyReport {
+    /// Whether the log is sound: at most its last record torn.
+    pub fn is_ok(&self) -> bool {
+        self.torn_tail.as_ref().is_none_or(|t| t.later_segments == 0)
+    }
+}
+
+/// Checks every record of the log in `dir` without changing anything; works beside a live
+/// writer (it then sees the log as of some moment) and with read permission only.
+pub fn verify_wal(dir: &dyn StorageDir) -> Result<WalVerifyReport> {
+    let mut report = WalVerifyReport::default();
+    let scan = scan_log(dir, &mut |lsn, _| {
+        report.records += 1;
+        report.first_lsn.get_or_insert(lsn);
+        report.last_lsn = Some(lsn);
+        Ok(())
+    })?;
+    report.segments = scan.names.len();
+    report.torn_tail = scan.torn.map(|(i, offset, why)| WalTornTail {
+        segment: dir.path().join(&scan.names[i].1),
+        offset,
+        why,
+        later_segments: scan.names.len() - i - 1,
+    });
+    Ok(report)
+}
+
 struct Segment {
     first_lsn: u64,
     name: String,
@@ -383,84 +521,25 @@ impl WriteAheadLog {
         replay: &mut dyn FnMut(u64, &WalEntry<'_>) -> Result<()>,
     ) -> Result<(WriteAheadLog, WalRecovery)> {
         let dir_path = dir.path().to_owned();
-        let mut names: Vec<(u64, String)> = dir
-            .list()
-            .map_err(|e| StoreError::io("list", &dir_path, e))?
-            .into_iter()
-            .filter_map(|name| parse_segment_name(&name).map(|lsn| (lsn, name)))
-            .collect();
-        names.sort();
-
         let mut recovery = WalRecovery::default();
-        let mut segments: Vec<Segment> = Vec::new();
-        let mut last_lsn = 0u64;
-        // Where the log ends: (index into `names`, valid length) if a torn frame was found.
-        let mut torn: Option<(usize, u64)> = None;
-        let mut expected_next_in_last = 0u64;
-        // The last segment's valid length, if preallocated zeros follow it.
-        let mut zero_tail: Option<u64> = None;
-        for (i, (first_lsn, name)) in names.iter().enumerate() {
-            let path = dir_path.join(name);
-            let file = dir
-                .open_file(name, OpenMode::ReadOnly)
-                .map_err(|e| StoreError::io("open wal segment", &path, e))?;
-            let map = file.map().map_err(|e| StoreError::io("map wal segment", &path, e))?;
-            let bytes = map.bytes();
-            if !check_segment_header(bytes, *first_lsn, &path)? {
-                torn = Some((i, 0));
-                break;
-            }
-            if *first_lsn <= last_lsn {
-                return Err(StoreError::corrupt(
-                    path,
-                    0,
-                    format!("segment starts at LSN {first_lsn}, the previous ended at {last_lsn}"),
-                ));
-            }
-            let mut offset = SEGMENT_HEADER_LEN;
-            let mut expected = *first_lsn;
-            loop {
-                let frame = read_frame(bytes, offset, expected, name)
-                    .map_err(|what| StoreError::corrupt(path.clone(), offset as u64, what))?;
-                match frame {
-                    Frame::Record { lsn, entry, next } => {
-                        if lsn > checkpoint_lsn {
-                            replay(lsn, &entry)?;
-                            recovery.replayed += 1;
-                        }
-                        last_lsn = lsn;
-                        expected = lsn + 1;
-                        offset = next;
-                    }
-                    Frame::End(None) => {
-                        zero_tail = (offset < bytes.len()).then_some(offset as u64);
-                        break;
-                    }
-                    Frame::End(Some(why)) => {
-                        tracing::warn!(
-                            segment = %path.display(), offset, reason = why,
-                            "write-ahead log ends in a torn record; cutting it off"
-                        );
-                        torn = Some((i, offset as u64));
-                        break;
-                    }
+        let LogScan { names, mut segments, torn, zero_tail, last_lsn, expected_next_in_last } =
+            scan_log(dir.as_ref(), &mut |lsn, entry| {
+                if lsn > checkpoint_lsn {
+                    replay(lsn, entry)?;
+                    recovery.replayed += 1;
                 }
-            }
-            segments.push(Segment {
-                first_lsn: *first_lsn,
-                name: name.clone(),
-                bytes: offset as u64,
-                allocated: offset as u64,
-            });
-            expected_next_in_last = expected;
-            if torn.is_some() {
-                break;
-            }
+                Ok(())
+            })?;
+        if let Some((i, offset, why)) = torn {
+            tracing::warn!(
+                segment = %dir_path.join(&names[i].1).display(), offset, reason = why,
+                "write-ahead log ends in a torn record; cutting it off"
+            );
         }
 
         // Replay succeeded: now repair the tail.
         let mut dir_changed = false;
-        if let Some((i, valid)) = torn {
+        if let Some((i, valid, _)) = torn {
             let (_, name) = &names[i];
             let path = dir_path.join(name);
             if valid == 0 {

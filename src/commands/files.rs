@@ -16,6 +16,7 @@ use ferry_file_server::backend::FsDir;
 use ferry_file_server::read_only::StoreSnapshot;
 use ferry_file_server::store::{partition_dir, read_layout};
 use ferry_file_server::tree::verify_tree;
+use ferry_file_server::wal::verify_wal;
 use ferry_file_server::{Change, FileMeta, FilePath, ReadOnlyStore, Store};
 
 use super::store_options::store_options;
@@ -183,9 +184,10 @@ fn files_below(root: &Path) -> anyhow::Result<Vec<(FilePath, PathBuf)>> {
                 let relative = local.strip_prefix(root).expect("walked below root");
                 let mut ferry = String::new();
                 for part in relative.components() {
-                    let part = part.as_os_str().to_str().with_context(|| {
-                        format!("{} is not valid UTF-8", local.display())
-                    })?;
+                    let part = part
+                        .as_os_str()
+                        .to_str()
+                        .with_context(|| format!("{} is not valid UTF-8", local.display()))?;
                     ferry.push('/');
                     ferry.push_str(part);
                 }
@@ -258,7 +260,8 @@ fn export(dir: &Path, format: ExportFormat) -> anyhow::Result<ExitCode> {
                 match std::str::from_utf8(&content) {
                     Ok(text) => r.content = Some(text.to_owned()),
                     Err(_) => {
-                        r.content_b64 = Some(base64::engine::general_purpose::STANDARD.encode(&content))
+                        r.content_b64 =
+                            Some(base64::engine::general_purpose::STANDARD.encode(&content))
                     }
                 }
                 serde_json::to_writer(&mut out, &r)?;
@@ -281,19 +284,33 @@ fn export(dir: &Path, format: ExportFormat) -> anyhow::Result<ExitCode> {
 fn verify(dir: &Path) -> anyhow::Result<ExitCode> {
     let layout = read_layout(dir)?;
     let mut problems = 0usize;
-    let (mut files, mut pages) = (0u64, 0u64);
+    let (mut files, mut pages, mut records) = (0u64, 0u64, 0u64);
     for p in 0..layout.partitions {
-        let report = verify_tree(Arc::new(FsDir::new(partition_dir(dir, p))))?;
-        files += report.live_entries;
-        pages += report.node_pages + report.overflow_pages;
-        for problem in &report.problems {
+        let partition = FsDir::new(partition_dir(dir, p));
+        let tree = verify_tree(Arc::new(partition.clone()))?;
+        files += tree.live_entries;
+        pages += tree.node_pages + tree.overflow_pages;
+        for problem in &tree.problems {
             println!("partition {p}: {problem}");
         }
-        problems += report.problems.len();
+        problems += tree.problems.len();
+        let wal = verify_wal(&partition)?;
+        records += wal.records;
+        if let Some(tail) = &wal.torn_tail {
+            let what = if wal.is_ok() { "torn last record (cut at next open)" } else { "damage" };
+            println!(
+                "partition {p}: write-ahead log {what}: {} at offset {}: {}, {} later segments",
+                tail.segment.display(),
+                tail.offset,
+                tail.why,
+                tail.later_segments
+            );
+        }
+        problems += usize::from(!wal.is_ok());
     }
     if problems == 0 {
         println!(
-            "ok: {} partitions, {files} files, {pages} pages checked",
+            "ok: {} partitions, {files} files, {pages} tree pages and {records} WAL records checked",
             layout.partitions
         );
         Ok(ExitCode::SUCCESS)
@@ -320,7 +337,9 @@ fn stats(dir: &Path) -> anyhow::Result<ExitCode> {
         bytes += tree_bytes;
         garbage += garbage_bytes;
     }
-    println!("files: {files}\ntombstones: {tombstones}\ntree bytes: {bytes}\ngarbage bytes: {garbage}");
+    println!(
+        "files: {files}\ntombstones: {tombstones}\ntree bytes: {bytes}\ngarbage bytes: {garbage}"
+    );
     Ok(ExitCode::SUCCESS)
 }
 

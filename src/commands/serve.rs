@@ -1,0 +1,130 @@
+//! `ferry serve`: the whole pipeline in one process: store, worker, in-process queue and bus,
+//! WebSocket ingress and logger.
+
+use std::net::SocketAddr;
+use std::process::ExitCode;
+use std::sync::Arc;
+
+use anyhow::{bail, Context};
+use clap::Args;
+use ferry_config::FerryConfig;
+use ferry_file_server::store::MANIFEST_FILE;
+use ferry_file_server::Store;
+use ferry_ingress::{Authenticator, Ingress};
+use ferry_instruction_worker::{
+    LocalBus, LocalBusOptions, LocalQueue, LocalQueueOptions, Worker, WorkerOptions,
+};
+use tokio::net::TcpListener;
+use tokio::signal::unix::{signal, SignalKind};
+use tokio_util::sync::CancellationToken;
+
+use super::ingress_options::{auth_secret, ingress_options, listen_addr};
+use super::store_options::{init_options, store_options};
+
+#[derive(Args, Debug)]
+pub struct ServeArgs {
+    /// Address to listen on (default: ingress.listen, 127.0.0.1:7700); port 0 picks a free one.
+    #[arg(long, value_name = "ADDR")]
+    listen: Option<SocketAddr>,
+}
+
+pub fn run(config: &FerryConfig, args: &ServeArgs) -> anyhow::Result<ExitCode> {
+    let listen = match args.listen {
+        Some(addr) => addr,
+        None => listen_addr(&config.ingress)?,
+    };
+    let auth = match auth_secret(&config.auth)? {
+        Some(secret) => Authenticator::hs256(&secret),
+        None if listen.ip().is_loopback() => Authenticator::Open,
+        None => bail!(
+            "refusing to listen on {listen} without an auth secret: set auth.secret \
+             (FERRY_AUTH__SECRET) or auth.secret_file, or listen on a loopback address"
+        ),
+    };
+    let dir = &config.store.data_dir;
+    if !dir.join(MANIFEST_FILE).exists() {
+        Store::init(dir, init_options(&config.store))
+            .with_context(|| format!("creating the data directory {}", dir.display()))?;
+        eprintln!("created data directory {}", dir.display());
+    }
+    let logger = ferry_logger::start(&config.logger, &format!("serve-{}", std::process::id()))
+        .context("starting the logger")?;
+    logger.install_diagnostics().context("installing the diagnostic log")?;
+    let _sighup = ferry_logger::reopen_on_sighup(logger.control())?;
+    let store = Arc::new(
+        Store::open(dir, store_options(&config.store))
+            .with_context(|| format!("opening {}", dir.display()))?,
+    );
+    let bus = Arc::new(LocalBus::new(LocalBusOptions::default()));
+    let worker = Worker::new(
+        store.clone(),
+        bus.clone(),
+        Some(logger.instruction_log()),
+        WorkerOptions::default(),
+    )?;
+    let queue = Arc::new(LocalQueue::start(Arc::new(worker), LocalQueueOptions::default())?);
+    let ingress = Ingress::new(ingress_options(&config.ingress), auth.clone(), queue.clone(), bus);
+
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .thread_name("ferry-ingress")
+        .build()
+        .context("starting the async runtime")?;
+    runtime.block_on(async {
+        let listener = TcpListener::bind(listen)
+            .await
+            .with_context(|| format!("cannot listen on {listen}"))?;
+        let addr = listener.local_addr()?;
+        let shutdown = CancellationToken::new();
+        let mut term = signal(SignalKind::terminate()).context("handling SIGTERM")?;
+        let mut int = signal(SignalKind::interrupt()).context("handling SIGINT")?;
+        tokio::spawn({
+            let shutdown = shutdown.clone();
+            async move {
+                tokio::select! {
+                    _ = term.recv() => {}
+                    _ = int.recv() => {}
+                }
+                eprintln!("ferry serve: stopping (draining connections)");
+                tracing::info!("signal received: draining connections");
+                shutdown.cancel();
+            }
+        });
+        announce(addr, &auth, config);
+        ingress.serve(listener, shutdown).await;
+        anyhow::Ok(())
+    })?;
+    tracing::info!("connections drained; stopping the worker");
+    drop(ingress);
+    // Applies and answers whatever is still queued, then joins the worker threads.
+    queue.shutdown();
+    drop(queue);
+    match Arc::try_unwrap(store) {
+        Ok(store) => store.close().context("closing the store")?,
+        Err(store) => {
+            store.flush().context("flushing the store")?;
+        }
+    }
+    tracing::info!("store closed");
+    logger.shutdown().context("stopping the logger")?;
+    eprintln!("ferry serve: stopped");
+    Ok(ExitCode::SUCCESS)
+}
+
+fn announce(addr: SocketAddr, auth: &Authenticator, config: &FerryConfig) {
+    println!("ferry serving ws://{addr}/v1/ws (data {})", config.store.data_dir.display());
+    println!("  health: http://{addr}/healthz  readiness: http://{addr}/readyz");
+    if auth.is_open() {
+        let warning = "WARNING: no auth secret configured: this server is OPEN (loopback only): \
+                       every client may read and write every file";
+        eprintln!("{warning}");
+        tracing::warn!("{warning}");
+        println!("  try: ferry client --url ws://{addr}/v1/ws put /hello.txt - <<< 'hi'");
+    } else {
+        println!("  tokens required: ferry token issue --sub NAME --read / --write /home/NAME/");
+        println!("  try: ferry client --url ws://{addr}/v1/ws --token TOKEN get /home/NAME/x");
+    }
+    tracing::info!(%addr, "serving");
+    use std::io::Write;
+    let _ = std::io::stdout().flush();
+}
