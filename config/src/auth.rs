@@ -81,7 +81,8 @@ mod tests {
 
     #[test]
     fn the_secret_never_shows() {
-        let config = AuthConfig { secret: Some(Secret::new("s3cr3t-s3cr3t-s3cr3t")), secret_file: None };
+        let config =
+            AuthConfig { secret: Some(Secret::new("s3cr3t-s3cr3t-s3cr3t")), secret_file: None };
         assert!(!format!("{config:?}").contains("s3cr3t"));
         assert!(!toml::to_string(&config).unwrap().contains("s3cr3t"));
         let parsed: AuthConfig = toml::from_str("secret = \"s3cr3t-s3cr3t-s3cr3t\"").unwrap();

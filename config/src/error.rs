@@ -11,7 +11,11 @@ pub struct Invalid {
 }
 
 impl Invalid {
-    pub fn new(key: impl Into<String>, value: impl Into<String>, allowed: impl Into<String>) -> Self {
+    pub fn new(
+        key: impl Into<String>,
+        value: impl Into<String>,
+        allowed: impl Into<String>,
+    ) -> Self {
         Invalid { key: key.into(), value: value.into(), allowed: allowed.into() }
     }
 }

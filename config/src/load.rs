@@ -63,8 +63,10 @@ impl<P: Provider> Provider for Named<P> {
 
 /// Loads, layers and validates the configuration.
 pub fn load(sources: &ConfigSources) -> Result<LoadedConfig, ConfigError> {
-    let mut figment =
-        Figment::from(Named { name: "default", inner: Serialized::defaults(FerryConfig::default()) });
+    let mut figment = Figment::from(Named {
+        name: "default",
+        inner: Serialized::defaults(FerryConfig::default()),
+    });
     let file = match &sources.file {
         Some(path) if !path.is_file() => {
             return Err(ConfigError::File {
@@ -91,7 +93,8 @@ pub fn load(sources: &ConfigSources) -> Result<LoadedConfig, ConfigError> {
             .filter(|(k, _)| k.contains('.') && !k.trim().is_empty())
             .ok_or_else(|| ConfigError::BadSetFlag { flag: flag.clone() })?;
         let value = parse_flag_value(raw);
-        figment = figment.merge(Named { name: "--set", inner: Serialized::global(key.trim(), value) });
+        figment =
+            figment.merge(Named { name: "--set", inner: Serialized::global(key.trim(), value) });
     }
     let config: FerryConfig = figment.extract().map_err(from_figment)?;
     let invalid = config.invalid_values();
@@ -159,10 +162,7 @@ fn describe(metadata: &Metadata, key_path: &[&str]) -> String {
 
 fn source_of(figment: &Figment, key: &str) -> String {
     let parts: Vec<&str> = key.split('.').collect();
-    figment
-        .find_metadata(key)
-        .map(|m| describe(m, &parts))
-        .unwrap_or_else(|| "default".to_string())
+    figment.find_metadata(key).map(|m| describe(m, &parts)).unwrap_or_else(|| "default".to_string())
 }
 
 fn bad_value(figment: &Figment, invalid: Invalid) -> ConfigError {
@@ -216,7 +216,12 @@ fn from_figment(error: figment::Error) -> ConfigError {
                     source_name,
                 },
                 Kind::InvalidType(actual, expected) | Kind::InvalidValue(actual, expected) => {
-                    ConfigError::BadValue { key, value: actual.to_string(), allowed: expected, source_name }
+                    ConfigError::BadValue {
+                        key,
+                        value: actual.to_string(),
+                        allowed: expected,
+                        source_name,
+                    }
                 }
                 other => ConfigError::BadValue {
                     key,

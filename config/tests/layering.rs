@@ -19,7 +19,8 @@ fn sources(file: Option<&tempfile::NamedTempFile>, sets: &[&str]) -> ConfigSourc
 #[test]
 fn later_layers_win_and_origins_are_reported() {
     let f = file_with("[store]\npartitions = 8\nflush_interval_ms = 50\n");
-    let loaded = load(&sources(Some(&f), &["store.flush_interval_ms=7", "store.wal_sync=os"])).unwrap();
+    let loaded =
+        load(&sources(Some(&f), &["store.flush_interval_ms=7", "store.wal_sync=os"])).unwrap();
     assert_eq!(loaded.config.store.partitions, 8);
     assert_eq!(loaded.config.store.flush_interval_ms, 7);
     assert_eq!(loaded.config.store.wal_sync, WalSyncPolicy::Os);
@@ -77,7 +78,8 @@ fn malformed_inputs_are_typed_errors() {
     let f = file_with("[store\npartitions = ");
     assert!(matches!(load(&sources(Some(&f), &[])), Err(ConfigError::File { .. })));
     assert!(matches!(load(&sources(None, &["nodot=1"])), Err(ConfigError::BadSetFlag { .. })));
-    let missing = ConfigSources { file: Some("/nonexistent/ferry.toml".into()), ..Default::default() };
+    let missing =
+        ConfigSources { file: Some("/nonexistent/ferry.toml".into()), ..Default::default() };
     assert!(matches!(load(&missing), Err(ConfigError::File { .. })));
 }
 

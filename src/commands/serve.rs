@@ -56,14 +56,14 @@ pub fn run(config: &FerryConfig, args: &ServeArgs) -> anyhow::Result<ExitCode> {
             .with_context(|| format!("opening {}", dir.display()))?,
     );
     let bus = Arc::new(LocalBus::new(LocalBusOptions::default()));
-    let worker = Worker::new(
-        store.clone(),
-        bus.clone(),
-        Some(logger.instruction_log()),
-        WorkerOptions::default(),
-    )?;
+    let worker_options = WorkerOptions::default();
+    let mut ingress_options = ingress_options(&config.ingress);
+    ingress_options.custom_ops =
+        worker_options.custom_ops.iter().map(|op| op.name().to_owned()).collect();
+    let worker =
+        Worker::new(store.clone(), bus.clone(), Some(logger.instruction_log()), worker_options)?;
     let queue = Arc::new(LocalQueue::start(Arc::new(worker), LocalQueueOptions::default())?);
-    let ingress = Ingress::new(ingress_options(&config.ingress), auth.clone(), queue.clone(), bus);
+    let ingress = Ingress::new(ingress_options, auth.clone(), queue.clone(), bus);
 
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()

@@ -1,0 +1,95 @@
+//! Ferry's edge: the WebSocket server clients connect to, and the Rust client for it.
+//!
+//! The server ([`Ingress`]) speaks the protocol of `docs/PROTOCOL.md` on `GET /v1/ws` and answers
+//! `GET /healthz` and `GET /readyz`. It authenticates each handshake ([`auth`]), enforces the
+//! per-connection and per-node limits, stamps the subject and rights on every instruction and
+//! hands it to an [`InstructionQueue`](ferry_protocol::InstructionQueue); it watches files
+//! through a [`ChangeBus`](ferry_protocol::ChangeBus), one bus subscription per topic for all of
+//! its connections. It knows nothing of the store or of which queue and bus it is given: the
+//! in-process ones of `ferry serve` or RabbitMQ and Redis.
+//!
+//! [`client`] is the Rust client used by `ferry client`, the tests and the bench.
+//!
+//! What a client meets at the edge, besides the answers of `docs/PROTOCOL.md`:
+//!
+//! | when | what |
+//! |------|------|
+//! | token missing, forged, malformed or expired | HTTP 401 at the handshake |
+//! | `Origin` not in `allowed_origins` | HTTP 403 at the handshake |
+//! | node at `max_connections`, or shutting down | HTTP 503 at the handshake |
+//! | no complete request head within `handshake_timeout` | the TCP connection is dropped |
+//! | a frame or message over `max_frame_bytes` | close 1009 "frame too large" |
+//! | the send queue (`send_queue` frames) full | close 4008 "slow consumer" |
+//! | nothing received for `idle_timeout` (pings every `ping_interval`) | close 1001 "idle timeout" |
+//! | the server stops | in-flight requests answered, then close 1001 "server shutting down" |
+//! | a WebSocket protocol violation | close 1002 "protocol error" |
+//! | over `max_requests_per_sec` | answer `busy`, connection stays open |
+//! | over `max_subscriptions` | answer `limit_exceeded`, connection stays open |
+//! | a binary frame | answer `bad_request` without `id`, connection stays open |
+//!
+//! On connect the ingress asks the worker to `list` the subject's home prefix
+//! (`home_prefix`), so that the partition's index pages are warm; the answer is not sent.
+
+pub mod auth;
+pub mod client;
+mod outbox;
+mod rate;
+mod server;
+mod session;
+mod subscriptions;
+
+use std::time::Duration;
+
+pub use auth::{issue_token, AuthError, Authenticator, Claims, Identity};
+pub use outbox::{
+    CloseReason, CLOSE_IDLE, CLOSE_PROTOCOL, CLOSE_SHUTDOWN, CLOSE_SLOW_CONSUMER, CLOSE_TOO_LARGE,
+};
+pub use server::{ws_url, Ingress, IngressStats};
+
+/// How an ingress node runs (the binary maps the `[ingress]` section to this).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct IngressOptions {
+    /// Largest frame or message in bytes; larger closes the connection with 1009.
+    pub max_frame_bytes: usize,
+    /// Requests per second per connection; more are answered `busy`.
+    pub max_requests_per_sec: u32,
+    /// Subscriptions per connection; more are answered `limit_exceeded`.
+    pub max_subscriptions: usize,
+    /// Open WebSocket connections on the node; more get HTTP 503.
+    pub max_connections: usize,
+    /// Frames queued per connection; a full queue closes it with 4008.
+    pub send_queue: usize,
+    /// TCP accept to complete HTTP request head.
+    pub handshake_timeout: Duration,
+    /// Silence after which a connection is closed with 1001.
+    pub idle_timeout: Duration,
+    /// How often the server pings.
+    pub ping_interval: Duration,
+    /// On shutdown, how long in-flight requests may take.
+    pub drain_timeout: Duration,
+    /// Allowed `Origin` values; empty allows all.
+    pub allowed_origins: Vec<String>,
+    /// The working set loaded on connect; `{sub}` is the subject.
+    pub home_prefix: String,
+    /// Names of the application's own ops (`Operation::Custom`), parsed as such.
+    pub custom_ops: Vec<String>,
+}
+
+impl Default for IngressOptions {
+    fn default() -> Self {
+        IngressOptions {
+            max_frame_bytes: 1024 * 1024,
+            max_requests_per_sec: 1_000,
+            max_subscriptions: 1_000,
+            max_connections: 20_000,
+            send_queue: 1_024,
+            handshake_timeout: Duration::from_secs(5),
+            idle_timeout: Duration::from_secs(60),
+            ping_interval: Duration::from_secs(20),
+            drain_timeout: Duration::from_secs(5),
+            allowed_origins: Vec::new(),
+            home_prefix: "/home/{sub}/".to_owned(),
+            custom_ops: Vec::new(),
+        }
+    }
+}

@@ -1,0 +1,141 @@
+//! A connection's way out: a bounded queue of text frames drained by the connection's writer,
+//! and the close signal. Everything that sends to a client (answers from worker threads, events
+//! from the bus, the connection itself) goes through here and never waits: a full queue means
+//! a slow consumer, which is closed instead of buffered without bound.
+
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::OnceLock;
+
+use axum::extract::ws::Utf8Bytes;
+use tokio::sync::{mpsc, Notify};
+use tokio_util::sync::CancellationToken;
+
+/// Why the server closes a connection: a WebSocket close code and reason.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct CloseReason {
+    pub code: u16,
+    pub reason: &'static str,
+}
+
+/// A frame or message over `ingress.max_frame_bytes`.
+pub const CLOSE_TOO_LARGE: CloseReason = CloseReason { code: 1009, reason: "frame too large" };
+/// The connection's send queue filled up.
+pub const CLOSE_SLOW_CONSUMER: CloseReason = CloseReason { code: 4008, reason: "slow consumer" };
+/// Nothing received (not even a pong) for `ingress.idle_timeout_ms`.
+pub const CLOSE_IDLE: CloseReason = CloseReason { code: 1001, reason: "idle timeout" };
+/// The server is stopping.
+pub const CLOSE_SHUTDOWN: CloseReason = CloseReason { code: 1001, reason: "server shutting down" };
+/// A WebSocket protocol violation.
+pub const CLOSE_PROTOCOL: CloseReason = CloseReason { code: 1002, reason: "protocol error" };
+
+pub(crate) struct Outbox {
+    tx: mpsc::Sender<Utf8Bytes>,
+    reason: OnceLock<Option<CloseReason>>,
+    closed: CancellationToken,
+    in_flight: AtomicUsize,
+    answered: Notify,
+}
+
+impl Outbox {
+    pub(crate) fn new(capacity: usize) -> (Outbox, mpsc::Receiver<Utf8Bytes>) {
+        let (tx, rx) = mpsc::channel(capacity.max(1));
+        let outbox = Outbox {
+            tx,
+            reason: OnceLock::new(),
+            closed: CancellationToken::new(),
+            in_flight: AtomicUsize::new(0),
+            answered: Notify::new(),
+        };
+        (outbox, rx)
+    }
+
+    /// Queues a frame; false if the connection is closed or closing. A full queue closes the
+    /// connection as a slow consumer.
+    pub(crate) fn send(&self, text: Utf8Bytes) -> bool {
+        if self.closed.is_cancelled() {
+            return false;
+        }
+        match self.tx.try_send(text) {
+            Ok(()) => true,
+            Err(mpsc::error::TrySendError::Full(_)) => {
+                self.close(Some(CLOSE_SLOW_CONSUMER));
+                false
+            }
+            Err(mpsc::error::TrySendError::Closed(_)) => false,
+        }
+    }
+
+    /// Starts closing: `Some` sends that close frame, `None` (the client closed) sends nothing
+    /// more. The first reason wins.
+    pub(crate) fn close(&self, reason: Option<CloseReason>) {
+        let _ = self.reason.set(reason);
+        self.closed.cancel();
+    }
+
+    pub(crate) fn closed(&self) -> &CancellationToken {
+        &self.closed
+    }
+
+    pub(crate) fn close_reason(&self) -> Option<CloseReason> {
+        self.reason.get().copied().flatten()
+    }
+
+    /// Counts a request whose answer is still to come.
+    pub(crate) fn begin_request(&self) {
+        self.in_flight.fetch_add(1, Ordering::AcqRel);
+    }
+
+    /// Counts an answer in (sent or not).
+    pub(crate) fn end_request(&self) {
+        if self.in_flight.fetch_sub(1, Ordering::AcqRel) == 1 {
+            self.answered.notify_waiters();
+        }
+    }
+
+    /// Waits until every request begun has been answered.
+    pub(crate) async fn all_answered(&self) {
+        loop {
+            let notified = self.answered.notified();
+            tokio::pin!(notified);
+            notified.as_mut().enable();
+            if self.in_flight.load(Ordering::Acquire) == 0 {
+                return;
+            }
+            notified.await;
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn a_full_queue_closes_as_slow_consumer() {
+        let (outbox, mut rx) = Outbox::new(2);
+        assert!(outbox.send("a".into()));
+        assert!(outbox.send("b".into()));
+        assert!(!outbox.send("c".into()));
+        assert_eq!(outbox.close_reason(), Some(CLOSE_SLOW_CONSUMER));
+        assert!(!outbox.send("d".into()));
+        assert_eq!(rx.recv().await.unwrap().as_str(), "a");
+        assert_eq!(rx.recv().await.unwrap().as_str(), "b");
+    }
+
+    #[tokio::test]
+    async fn all_answered_waits_for_every_request() {
+        let (outbox, _rx) = Outbox::new(2);
+        let outbox = std::sync::Arc::new(outbox);
+        outbox.begin_request();
+        outbox.begin_request();
+        let waiter = tokio::spawn({
+            let outbox = outbox.clone();
+            async move { outbox.all_answered().await }
+        });
+        outbox.end_request();
+        tokio::task::yield_now().await;
+        assert!(!waiter.is_finished());
+        outbox.end_request();
+        waiter.await.unwrap();
+    }
+}

@@ -1,0 +1,321 @@
+//! Watching files: one bus subscription per topic for the whole node (made for the first local
+//! watcher, dropped after the last), fanned out to each watching connection's [`Watch`].
+//!
+//! A watch starts buffering: while the connection reads the bus's history (or a snapshot), live
+//! events pile up in the watch; [`Watch::go_live`] then sends the answer, the history and the
+//! buffered events merged by revision, and from then on events go straight to the connection.
+//! Per file and watch every revision is sent once and in order: a path watch drops any event at
+//! or below the last revision it sent.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, PoisonError, RwLock};
+
+use axum::extract::ws::Utf8Bytes;
+use ferry_protocol::{change_event_json, ChangeBus, ChangeEvent, EventSink, SubscriptionId, Topic};
+
+use crate::outbox::{Outbox, CLOSE_SLOW_CONSUMER};
+
+/// The node's subscriptions, by topic.
+pub(crate) struct Fanout {
+    bus: Arc<dyn ChangeBus>,
+    topics: Mutex<HashMap<Topic, TopicEntry>>,
+    next_watch: AtomicU64,
+}
+
+struct TopicEntry {
+    bus_id: SubscriptionId,
+    sink: Arc<TopicSink>,
+}
+
+/// The bus's sink for one topic: every local watch of it.
+struct TopicSink {
+    watches: RwLock<Vec<Arc<Watch>>>,
+}
+
+impl EventSink for TopicSink {
+    fn deliver(&self, event: &Arc<ChangeEvent>) {
+        let watches = self.watches.read().unwrap_or_else(PoisonError::into_inner);
+        if watches.is_empty() {
+            return;
+        }
+        // One serialization per event and topic, shared by every connection.
+        let text = Utf8Bytes::from(change_event_json(event));
+        for watch in watches.iter() {
+            watch.deliver(event, &text);
+        }
+    }
+}
+
+impl Fanout {
+    pub(crate) fn new(bus: Arc<dyn ChangeBus>) -> Fanout {
+        Fanout { bus, topics: Mutex::new(HashMap::new()), next_watch: AtomicU64::new(1) }
+    }
+
+    /// Adds a buffering watch of `topic` for a connection, subscribing the node to the bus if
+    /// it is the topic's first. May block on the bus: call it off the async threads.
+    pub(crate) fn watch(
+        &self,
+        topic: &Topic,
+        outbox: Arc<Outbox>,
+        buffer_limit: usize,
+    ) -> Arc<Watch> {
+        let watch = Arc::new(Watch {
+            id: self.next_watch.fetch_add(1, Ordering::Relaxed),
+            is_path: matches!(topic, Topic::Path(_)),
+            outbox,
+            buffer_limit,
+            feed: Mutex::new(Feed::Buffering(Vec::new())),
+        });
+        let mut topics = self.topics.lock().unwrap_or_else(PoisonError::into_inner);
+        match topics.get(topic) {
+            Some(entry) => entry
+                .sink
+                .watches
+                .write()
+                .unwrap_or_else(PoisonError::into_inner)
+                .push(watch.clone()),
+            None => {
+                let sink = Arc::new(TopicSink { watches: RwLock::new(vec![watch.clone()]) });
+                let bus_id = self.bus.subscribe(topic.clone(), sink.clone());
+                topics.insert(topic.clone(), TopicEntry { bus_id, sink });
+            }
+        }
+        watch
+    }
+
+    /// Removes a watch; the node leaves the bus topic after its last watch. May block on the
+    /// bus.
+    pub(crate) fn unwatch(&self, topic: &Topic, watch: &Watch) {
+        let mut topics = self.topics.lock().unwrap_or_else(PoisonError::into_inner);
+        let Some(entry) = topics.get(topic) else { return };
+        let now_empty = {
+            let mut watches = entry.sink.watches.write().unwrap_or_else(PoisonError::into_inner);
+            watches.retain(|w| w.id != watch.id);
+            watches.is_empty()
+        };
+        if now_empty {
+            let bus_id = entry.bus_id;
+            topics.remove(topic);
+            self.bus.unsubscribe(bus_id);
+        }
+    }
+
+    /// Topics the node is subscribed to on the bus.
+    pub(crate) fn topic_count(&self) -> usize {
+        self.topics.lock().unwrap_or_else(PoisonError::into_inner).len()
+    }
+}
+
+/// One connection's subscription to one topic.
+pub(crate) struct Watch {
+    id: u64,
+    is_path: bool,
+    outbox: Arc<Outbox>,
+    buffer_limit: usize,
+    feed: Mutex<Feed>,
+}
+
+enum Feed {
+    /// Catching up: live events wait here.
+    Buffering(Vec<Arc<ChangeEvent>>),
+    /// Live; for a path watch, the last revision sent (0: none yet).
+    Live { last_rev: u64 },
+}
+
+/// History and live events did not join up: the caller sends a snapshot instead.
+#[derive(Debug, PartialEq, Eq)]
+pub(crate) struct Discontinuity;
+
+impl Watch {
+    fn deliver(&self, event: &Arc<ChangeEvent>, text: &Utf8Bytes) {
+        let mut feed = self.feed.lock().unwrap_or_else(PoisonError::into_inner);
+        match &mut *feed {
+            Feed::Buffering(buffer) => {
+                if buffer.len() >= self.buffer_limit {
+                    self.outbox.close(Some(CLOSE_SLOW_CONSUMER));
+                } else {
+                    buffer.push(event.clone());
+                }
+            }
+            Feed::Live { last_rev } => {
+                if self.is_path {
+                    if event.rev <= *last_rev {
+                        return;
+                    }
+                    *last_rev = event.rev;
+                }
+                self.outbox.send(text.clone());
+            }
+        }
+    }
+
+    /// Ends the catch-up of a path watch from revision `since_rev`: checks that `history`
+    /// (the changes after `since_rev`) and the buffered live events form one gapless run,
+    /// then sends `first(current_rev)` (the answer and any snapshot), the run, and goes live.
+    /// On a discontinuity nothing is sent and the watch keeps buffering.
+    pub(crate) fn go_live_from(
+        &self,
+        since_rev: u64,
+        history: &[Arc<ChangeEvent>],
+        first: impl FnOnce(u64) -> Vec<Utf8Bytes>,
+    ) -> Result<(), Discontinuity> {
+        let mut feed = self.feed.lock().unwrap_or_else(PoisonError::into_inner);
+        let Feed::Buffering(buffer) = &mut *feed else { return Ok(()) };
+        let run = merge_run(since_rev, history, buffer)?;
+        let current = run.last().map_or(since_rev, |e| e.rev);
+        for text in first(current) {
+            self.outbox.send(text);
+        }
+        for event in &run {
+            self.outbox.send(Utf8Bytes::from(change_event_json(event)));
+        }
+        *feed = Feed::Live { last_rev: current };
+        Ok(())
+    }
+
+    /// Ends the catch-up with no history to bridge: sends `first`, then every buffered event
+    /// after `after_rev` in revision order, and goes live.
+    pub(crate) fn go_live_after(&self, after_rev: u64, first: Vec<Utf8Bytes>) {
+        let mut feed = self.feed.lock().unwrap_or_else(PoisonError::into_inner);
+        let Feed::Buffering(buffer) = &mut *feed else { return };
+        for text in first {
+            self.outbox.send(text);
+        }
+        let mut last_rev = after_rev;
+        let mut buffered = std::mem::take(buffer);
+        if self.is_path {
+            buffered.sort_by_key(|e| e.rev);
+        }
+        for event in buffered {
+            if self.is_path {
+                if event.rev <= last_rev {
+                    continue;
+                }
+                last_rev = event.rev;
+            }
+            self.outbox.send(Utf8Bytes::from(change_event_json(&event)));
+        }
+        *feed = Feed::Live { last_rev };
+    }
+}
+
+/// The changes after `since_rev`: `history` then the buffered events it does not already
+/// hold, each revision once and each the one after the previous.
+fn merge_run(
+    since_rev: u64,
+    history: &[Arc<ChangeEvent>],
+    buffer: &[Arc<ChangeEvent>],
+) -> Result<Vec<Arc<ChangeEvent>>, Discontinuity> {
+    let mut run: Vec<Arc<ChangeEvent>> = Vec::with_capacity(history.len() + buffer.len());
+    let mut last = since_rev;
+    let mut buffered: Vec<&Arc<ChangeEvent>> = buffer.iter().collect();
+    buffered.sort_by_key(|e| e.rev);
+    for event in history.iter().chain(buffered) {
+        if event.rev <= last {
+            continue;
+        }
+        if event.rev != last + 1 {
+            return Err(Discontinuity);
+        }
+        last = event.rev;
+        run.push(event.clone());
+    }
+    Ok(run)
+}
+
+#[cfg(test)]
+mod tests {
+    use ferry_protocol::ChangeOp;
+
+    use super::*;
+
+    fn ev(rev: u64) -> Arc<ChangeEvent> {
+        Arc::new(ChangeEvent {
+            path: "/a".into(),
+            rev,
+            change: ChangeOp::Append { content: format!("{rev};").into() },
+            author: "t".into(),
+            ts_ms: 0,
+            partition: 0,
+        })
+    }
+
+    fn revs(run: &[Arc<ChangeEvent>]) -> Vec<u64> {
+        run.iter().map(|e| e.rev).collect()
+    }
+
+    #[test]
+    fn history_and_overlapping_live_events_merge_without_duplicates() {
+        let run = merge_run(3, &[ev(4), ev(5), ev(6)], &[ev(6), ev(5), ev(7), ev(8)]).unwrap();
+        assert_eq!(revs(&run), [4, 5, 6, 7, 8]);
+        assert_eq!(revs(&merge_run(3, &[], &[ev(2), ev(3), ev(4)]).unwrap()), [4]);
+        assert!(merge_run(3, &[], &[]).unwrap().is_empty());
+    }
+
+    #[test]
+    fn a_hole_between_history_and_live_is_a_discontinuity() {
+        assert_eq!(merge_run(3, &[ev(4)], &[ev(6)]), Err(Discontinuity));
+        assert_eq!(merge_run(3, &[ev(5)], &[]), Err(Discontinuity));
+    }
+
+    fn texts(rx: &mut tokio::sync::mpsc::Receiver<Utf8Bytes>) -> Vec<String> {
+        let mut out = Vec::new();
+        while let Ok(t) = rx.try_recv() {
+            out.push(t.as_str().to_owned());
+        }
+        out
+    }
+
+    fn rev_of(text: &str) -> u64 {
+        let v: serde_json::Value = serde_json::from_str(text).unwrap();
+        v["rev"].as_u64().unwrap()
+    }
+
+    #[test]
+    fn a_watch_buffers_then_sends_answer_history_and_live_in_order_once() {
+        let (outbox, mut rx) = Outbox::new(64);
+        let watch = Watch {
+            id: 1,
+            is_path: true,
+            outbox: Arc::new(outbox),
+            buffer_limit: 64,
+            feed: Mutex::new(Feed::Buffering(Vec::new())),
+        };
+        let deliver = |e: Arc<ChangeEvent>| {
+            let text = Utf8Bytes::from(change_event_json(&e));
+            watch.deliver(&e, &text)
+        };
+        deliver(ev(3));
+        deliver(ev(4));
+        assert!(texts(&mut rx).is_empty());
+        watch
+            .go_live_from(1, &[ev(2), ev(3)], |rev| {
+                vec![format!("{{\"ok\":true,\"rev\":{rev}}}").into()]
+            })
+            .unwrap();
+        deliver(ev(4));
+        deliver(ev(5));
+        let sent = texts(&mut rx);
+        assert_eq!(sent.iter().map(|t| rev_of(t)).collect::<Vec<_>>(), [4, 2, 3, 4, 5]);
+        assert!(sent[0].contains("\"ok\""));
+    }
+
+    #[test]
+    fn a_full_catch_up_buffer_closes_the_connection() {
+        let (outbox, _rx) = Outbox::new(64);
+        let outbox = Arc::new(outbox);
+        let watch = Watch {
+            id: 1,
+            is_path: true,
+            outbox: outbox.clone(),
+            buffer_limit: 2,
+            feed: Mutex::new(Feed::Buffering(Vec::new())),
+        };
+        for rev in 1..=3 {
+            let e = ev(rev);
+            watch.deliver(&e, &Utf8Bytes::from(change_event_json(&e)));
+        }
+        assert_eq!(outbox.close_reason(), Some(CLOSE_SLOW_CONSUMER));
+    }
+}
