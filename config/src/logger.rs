@@ -11,8 +11,8 @@ use crate::error::Invalid;
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct LoggerConfig {
-    /// Directory holding the active and rotated log files; created if missing.
-    /// Default: `./ferry-data/logs`.
+    /// Directory holding the active and rotated log files; created if missing. A relative
+    /// directory is inside `store.data_dir`. Default: `logs`.
     pub directory: PathBuf,
     /// Most records (of both streams together) gathered into one write (N). Default: `1024`.
     pub batch_records: usize,
@@ -47,7 +47,7 @@ pub struct LoggerConfig {
 impl Default for LoggerConfig {
     fn default() -> Self {
         Self {
-            directory: PathBuf::from("./ferry-data/logs"),
+            directory: PathBuf::from("logs"),
             batch_records: 1024,
             batch_interval_ms: 5,
             buffer_bytes: 64 * 1024,

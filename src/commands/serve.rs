@@ -47,7 +47,9 @@ pub fn run(config: &FerryConfig, args: &ServeArgs) -> anyhow::Result<ExitCode> {
             .with_context(|| format!("creating the data directory {}", dir.display()))?;
         eprintln!("created data directory {}", dir.display());
     }
-    let logger = ferry_logger::start(&config.logger, &format!("serve-{}", std::process::id()))
+    let mut logger_config = config.logger.clone();
+    logger_config.directory = dir.join(&config.logger.directory);
+    let logger = ferry_logger::start(&logger_config, &format!("serve-{}", std::process::id()))
         .context("starting the logger")?;
     logger.install_diagnostics().context("installing the diagnostic log")?;
     let _sighup = ferry_logger::reopen_on_sighup(logger.control())?;
