@@ -174,7 +174,7 @@ fn run_child(dir: &Path) {
                     let rev = store.stat(&fp).unwrap().map_or(0, |m| m.rev);
                     let line = format!("rev {}\n", rev + 1);
                     // This thread is the only writer of its paths, so the revision holds.
-                    let change = if rev == 0 || rng % 8 == 0 {
+                    let change = if rev == 0 || rng.is_multiple_of(8) {
                         Change::put(fp, line, "child")
                     } else {
                         Change::append(fp, line, "child")
