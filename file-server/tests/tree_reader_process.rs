@@ -92,7 +92,7 @@ fn a_reader_process_sees_only_consistent_snapshots_while_the_writer_commits_and_
         commits += 1;
         rev += 1;
         let amount = (commits * 37) % 100;
-        if commits % 2 == 0 && a >= amount {
+        if commits.is_multiple_of(2) && a >= amount {
             (a, b) = (a - amount, b + amount);
         } else if b >= amount {
             (a, b) = (a + amount, b - amount);
@@ -104,10 +104,10 @@ fn a_reader_process_sees_only_consistent_snapshots_while_the_writer_commits_and_
                 (p, live(rev, content(commits + i, 700)))
             })
             .collect();
-        items.push((path("/a"), balance(rev, a, commits % 3 == 0)));
-        items.push((path("/b"), balance(rev, b, commits % 3 != 0)));
+        items.push((path("/a"), balance(rev, a, commits.is_multiple_of(3))));
+        items.push((path("/b"), balance(rev, b, !commits.is_multiple_of(3))));
         tree.commit(&batch(items), commits).unwrap();
-        if commits % 40 == 0 {
+        if commits.is_multiple_of(40) {
             tree.compact().unwrap();
             compactions += 1;
         }
