@@ -5,6 +5,8 @@
 //! [`partition_of`]. A process may open every partition ([`Store::open`]) or a subset
 //! ([`Store::open_partitions`]), so that partitions can be spread over worker processes.
 
+use std::cmp::Reverse;
+use std::collections::{BinaryHeap, VecDeque};
 use std::fs;
 use std::io::Write;
 use std::path::{Path, PathBuf};
@@ -270,19 +272,56 @@ impl Store {
 
     /// Up to `limit` existing files under `prefix` after `after`, in path order, across the
     /// open partitions.
+    ///
+    /// A prefix that spells out a path's partition key (`/home/alice/` at depth 2) is asked of
+    /// that partition alone. Any other prefix is a k-way merge of the partitions' ordered
+    /// listings, each read in chunks as the merge consumes it, so that a page reads about
+    /// `limit` entries instead of `limit` from every partition. Each chunk sees its
+    /// partition's state at the time it is read.
     pub fn list(
         &self,
         prefix: &str,
         after: Option<&str>,
         limit: usize,
     ) -> Result<Vec<(FilePath, FileMeta)>> {
-        let mut all = Vec::new();
-        for part in self.partitions() {
-            all.extend(part.list(prefix, after, limit)?);
+        if limit == 0 {
+            return Ok(Vec::new());
         }
-        all.sort_by(|a, b| a.0.cmp(&b.0));
-        all.truncate(limit);
-        Ok(all)
+        if let Some(key) = prefix_partition_key(prefix, self.layout.partition_depth) {
+            let p = partition_of(&key, self.layout.partition_depth, self.layout.partitions);
+            return match &self.partitions[p as usize] {
+                Some(part) => part.list(prefix, after, limit),
+                // Only the routed partition can hold such paths, and it is not open here.
+                None => Ok(Vec::new()),
+            };
+        }
+        let mut cursors: Vec<ListCursor<'_>> = self.partitions().map(ListCursor::new).collect();
+        // Paths are grouped by directory and a directory by partition, so a page usually
+        // comes from a few partitions: start small and double a chunk each time a
+        // partition's is used up.
+        let first_chunk = (limit.div_ceil(cursors.len().max(1)) / 4).max(16).min(limit);
+        let mut heads = BinaryHeap::with_capacity(cursors.len());
+        for (i, cursor) in cursors.iter_mut().enumerate() {
+            cursor.fill(prefix, after, first_chunk)?;
+            if let Some((path, _)) = cursor.buffered.front() {
+                heads.push(Reverse((path.clone(), i)));
+            }
+        }
+        let mut out = Vec::with_capacity(limit);
+        while out.len() < limit {
+            let Some(Reverse((_, i))) = heads.pop() else { break };
+            let cursor = &mut cursors[i];
+            out.push(cursor.buffered.pop_front().expect("a head is buffered"));
+            if cursor.buffered.is_empty() {
+                let wanted = (cursor.chunk * 2).min(limit - out.len());
+                let last = out.last().map(|(path, _)| path.as_str());
+                cursor.fill(prefix, last, wanted)?;
+            }
+            if let Some((path, _)) = cursor.buffered.front() {
+                heads.push(Reverse((path.clone(), i)));
+            }
+        }
+        Ok(out)
     }
 
     /// Flushes every open partition; returns once all are durable in their trees.
@@ -317,6 +356,53 @@ impl Store {
     }
 }
 
+/// One partition's listing in a [`Store::list`] merge: the entries read but not yet merged.
+struct ListCursor<'a> {
+    part: &'a PartitionStore,
+    buffered: VecDeque<(FilePath, FileMeta)>,
+    /// Size of the last chunk asked for.
+    chunk: usize,
+    /// The partition returned a short chunk: it has nothing more.
+    done: bool,
+}
+
+impl<'a> ListCursor<'a> {
+    fn new(part: &'a PartitionStore) -> ListCursor<'a> {
+        ListCursor { part, buffered: VecDeque::new(), chunk: 0, done: false }
+    }
+
+    /// Reads up to `chunk` more entries after `after`, unless the partition has no more.
+    fn fill(&mut self, prefix: &str, after: Option<&str>, chunk: usize) -> Result<()> {
+        if self.done || chunk == 0 {
+            return Ok(());
+        }
+        let entries = self.part.list(prefix, after, chunk)?;
+        self.done = entries.len() < chunk;
+        self.chunk = chunk;
+        self.buffered.extend(entries);
+        Ok(())
+    }
+}
+
+/// The partition key every path under `prefix` has, if the prefix fixes one: its first
+/// `depth` segments are complete, each followed by `/` (`/home/alice/` or `/home/alice/x` at
+/// depth 2, but not `/home/alice`, which also matches `/home/alice2/...`).
+fn prefix_partition_key(prefix: &str, depth: u32) -> Option<FilePath> {
+    let rest = prefix.strip_prefix('/')?;
+    let mut seen = 0;
+    for (i, b) in rest.bytes().enumerate() {
+        if b == b'/' {
+            seen += 1;
+            if seen == depth {
+                // Not a valid path (an empty or `..` segment): no file can match; merging
+                // finds that out without special rules here.
+                return FilePath::parse(&prefix[..i + 1]).ok();
+            }
+        }
+    }
+    None
+}
+
 fn sync_dir(dir: &Path) -> Result<()> {
     fs::File::open(dir).and_then(|f| f.sync_all()).map_err(|e| StoreError::io("sync", dir, e))
 }
@@ -337,4 +423,38 @@ fn write_manifest(dir: &Path, layout: InitOptions) -> Result<()> {
     let path = dir.join(MANIFEST_FILE);
     fs::rename(&tmp, &path).map_err(|e| StoreError::io("rename", &path, e))?;
     sync_dir(dir)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn key(prefix: &str, depth: u32) -> Option<String> {
+        prefix_partition_key(prefix, depth).map(|k| k.as_str().to_owned())
+    }
+
+    #[test]
+    fn only_a_prefix_with_complete_key_segments_names_a_partition_key() {
+        assert_eq!(key("/home/alice/", 2).as_deref(), Some("/home/alice"));
+        assert_eq!(key("/home/alice/notes/x", 2).as_deref(), Some("/home/alice"));
+        assert_eq!(key("/home/", 1).as_deref(), Some("/home"));
+        // `/home/alice` also matches `/home/alice2/...`, elsewhere.
+        assert_eq!(key("/home/alice", 2), None);
+        assert_eq!(key("/home/", 2), None);
+        assert_eq!(key("/", 2), None);
+        assert_eq!(key("", 2), None);
+        assert_eq!(key("home/alice/", 2), None);
+        assert_eq!(key("//alice/", 2), None, "an empty segment is no valid key");
+        assert_eq!(key("/home/../", 2), None);
+    }
+
+    #[test]
+    fn every_path_under_a_routed_prefix_is_in_the_key_partition() {
+        let prefix = "/home/alice/";
+        let key = prefix_partition_key(prefix, 2).unwrap();
+        let p = partition_of(&key, 2, 16);
+        for path in ["/home/alice/a", "/home/alice/deep/er/b.txt", "/home/alice/alice"] {
+            assert_eq!(partition_of(&FilePath::parse(path).unwrap(), 2, 16), p, "{path}");
+        }
+    }
 }

@@ -5,11 +5,15 @@
 //! records with consecutive log sequence numbers (LSNs); the byte layout is in
 //! `docs/FORMAT.md` ("Write-ahead log").
 //!
-//! Appending only encodes the record into an in-memory buffer and hands out its LSN. Making it
-//! durable is a separate wait, so that one thread can pipeline many changes and many threads
-//! can share one `fdatasync` (group commit): the first waiter that finds no write in progress
-//! becomes the leader, takes the whole buffer, writes it with one call and syncs once; the
-//! waiters that arrive meanwhile sleep and are served by the same or the next leader.
+//! Appending encodes the record into an in-memory buffer and hands out its LSN; waiting for it
+//! is a separate call, so that one thread can pipeline many changes and many threads can share
+//! one `fdatasync` (group commit). Whoever writes is the leader: it takes the whole buffer,
+//! writes it with one call and syncs once; records appended meanwhile go to the next leader.
+//! Under [`WalSync::Always`] a syncer thread of the log leads as soon as records are appended,
+//! so that the sync starts at append, not at the first wait: a caller that appends to many
+//! logs and then waits has every log syncing at once, and a lone pipelining appender keeps
+//! preparing records while earlier ones are being synced. Under the other policies, and for a
+//! waiter that finds records buffered and no write in progress, the waiter leads.
 //!
 //! Recovery ([`WriteAheadLog::open`]) replays every record after the B+tree's checkpoint. The
 //! first record that is short, fails its CRC or breaks the LSN sequence ends the log: that is
@@ -41,6 +45,9 @@ pub const BODY_FIXED_LEN: usize = 20;
 pub const DEFAULT_SEGMENT_BYTES: u64 = 64 << 20;
 /// Segments grow by this many zero bytes ahead of the records.
 pub const DEFAULT_PREALLOCATE_BYTES: u64 = 4 << 20;
+/// A segment at least this long whose every record is at or below the checkpoint is closed at
+/// the next append, so that the checkpoint after it can delete it.
+pub const ROLL_COVERED_BYTES: u64 = 1 << 20;
 
 const OP_PUT: u8 = 1;
 const OP_APPEND: u8 = 2;
@@ -472,6 +479,8 @@ struct IoState {
     segments: Vec<Segment>,
     segment_bytes: u64,
     preallocate_bytes: u64,
+    /// The last checkpoint: every record up to here is in the tree.
+    checkpoint_lsn: u64,
 }
 
 struct State {
@@ -488,6 +497,8 @@ struct State {
     synced_lsn: u64,
     /// A leader is writing; waiters sleep on the condvar.
     leader: bool,
+    /// Tells the `Always` syncer thread to return.
+    stop_syncer: bool,
     /// The first write or sync error; the log accepts nothing after it.
     failed: Option<(PathBuf, String)>,
     /// Sum of the segment files' sizes.
@@ -499,14 +510,26 @@ struct State {
 struct Shared {
     sync: WalSync,
     state: Mutex<State>,
+    /// Waiters sleep here until a leader is done.
     cond: Condvar,
+    /// The `Always` syncer sleeps here until records are appended.
+    appended: Condvar,
     io: Mutex<IoState>,
+}
+
+/// The background thread of a policy that has one.
+enum Syncer {
+    /// `Always`: leads a write and sync whenever records are buffered; stopped through
+    /// [`State::stop_syncer`].
+    Eager(JoinHandle<()>),
+    /// `Interval`: syncs periodically; stopped by dropping the sender.
+    Periodic(Sender<()>, JoinHandle<()>),
 }
 
 /// The write-ahead log of one partition. See the module documentation.
 pub struct WriteAheadLog {
     shared: Arc<Shared>,
-    syncer: Option<(Sender<()>, JoinHandle<()>)>,
+    syncer: Option<Syncer>,
 }
 
 impl WriteAheadLog {
@@ -608,29 +631,33 @@ impl WriteAheadLog {
                 written_lsn: next_lsn - 1,
                 synced_lsn: next_lsn - 1,
                 leader: false,
+                stop_syncer: false,
                 failed: None,
                 total_bytes,
                 segment_count,
                 closed: false,
             }),
             cond: Condvar::new(),
+            appended: Condvar::new(),
             io: Mutex::new(IoState {
                 dir,
                 file,
                 segments,
                 segment_bytes: options.segment_bytes.max(SEGMENT_HEADER_LEN as u64 + 1),
                 preallocate_bytes: options.preallocate_bytes,
+                checkpoint_lsn,
             }),
         });
         let syncer = match options.sync {
-            WalSync::Interval(ms) => Some(spawn_syncer(shared.clone(), ms)?),
-            WalSync::Always | WalSync::Os => None,
+            WalSync::Always => Some(spawn_eager_syncer(shared.clone())?),
+            WalSync::Interval(ms) => Some(spawn_periodic_syncer(shared.clone(), ms)?),
+            WalSync::Os => None,
         };
         Ok((WriteAheadLog { shared, syncer }, recovery))
     }
 
-    /// Adds a record and returns its LSN. Nothing is written yet: call
-    /// [`WriteAheadLog::wait`] before acknowledging the change.
+    /// Adds a record and returns its LSN. Under `Always` the syncer starts writing and
+    /// syncing it at once; call [`WriteAheadLog::wait`] before acknowledging the change.
     pub fn append(&self, entry: &WalEntry<'_>) -> Result<u64> {
         let mut st = self.shared.state.lock();
         if let Some(err) = st.failure() {
@@ -642,6 +669,11 @@ impl WriteAheadLog {
         let lsn = st.next_lsn;
         encode(&mut st.buf, lsn, entry)?;
         st.next_lsn += 1;
+        drop(st);
+        if self.shared.sync == WalSync::Always {
+            // Cheap when the syncer is busy: it takes this record in its next round anyway.
+            self.shared.appended.notify_one();
+        }
         Ok(lsn)
     }
 
@@ -676,6 +708,7 @@ impl WriteAheadLog {
     /// them durably. Returns how many were removed. The segment being written stays.
     pub fn checkpoint(&self, lsn: u64) -> Result<usize> {
         let mut io = self.shared.io.lock();
+        io.checkpoint_lsn = io.checkpoint_lsn.max(lsn);
         let mut removed_bytes = 0;
         let mut removable = 0;
         while removable + 1 < io.segments.len() && io.segments[removable + 1].first_lsn <= lsn + 1 {
@@ -706,9 +739,17 @@ impl WriteAheadLog {
     }
 
     fn shutdown(&mut self) -> Result<()> {
-        if let Some((stop, handle)) = self.syncer.take() {
-            drop(stop);
-            let _ = handle.join();
+        match self.syncer.take() {
+            Some(Syncer::Eager(handle)) => {
+                self.shared.state.lock().stop_syncer = true;
+                self.shared.appended.notify_one();
+                let _ = handle.join();
+            }
+            Some(Syncer::Periodic(stop, handle)) => {
+                drop(stop);
+                let _ = handle.join();
+            }
+            None => {}
         }
         let result = self.shared.sync_all();
         self.shared.state.lock().closed = true;
@@ -724,7 +765,27 @@ impl Drop for WriteAheadLog {
     }
 }
 
-fn spawn_syncer(shared: Arc<Shared>, ms: u64) -> Result<(Sender<()>, JoinHandle<()>)> {
+/// The `Always` syncer: leads a write and `fdatasync` of everything buffered as soon as there
+/// is something, so that syncing overlaps the appender's work and other logs' syncs. It stops
+/// when told to or once the log has failed (nothing can be made durable any more).
+fn spawn_eager_syncer(shared: Arc<Shared>) -> Result<Syncer> {
+    let handle = std::thread::Builder::new()
+        .name("ferry-wal-sync".into())
+        .spawn(move || {
+            let mut st = shared.state.lock();
+            while !st.stop_syncer && st.failed.is_none() {
+                if !st.leader && st.next_lsn - 1 > st.written_lsn {
+                    shared.lead(&mut st, true);
+                } else {
+                    shared.appended.wait(&mut st);
+                }
+            }
+        })
+        .map_err(|e| StoreError::io("spawn wal sync thread", PathBuf::new(), e))?;
+    Ok(Syncer::Eager(handle))
+}
+
+fn spawn_periodic_syncer(shared: Arc<Shared>, ms: u64) -> Result<Syncer> {
     let (stop, stopped): (Sender<()>, Receiver<()>) = crossbeam_channel::bounded(0);
     let interval = Duration::from_millis(ms.max(1));
     let handle = std::thread::Builder::new()
@@ -741,7 +802,7 @@ fn spawn_syncer(shared: Arc<Shared>, ms: u64) -> Result<(Sender<()>, JoinHandle<
             }
         })
         .map_err(|e| StoreError::io("spawn wal sync thread", PathBuf::new(), e))?;
-    Ok((stop, handle))
+    Ok(Syncer::Periodic(stop, handle))
 }
 
 fn create_segment(dir: &dyn StorageDir, first_lsn: u64) -> Result<(Segment, Arc<dyn StorageFile>)> {
@@ -820,6 +881,10 @@ impl Shared {
             }
         }
         self.cond.notify_all();
+        if self.sync == WalSync::Always {
+            // Records appended while another leader wrote were announced to a busy syncer.
+            self.appended.notify_one();
+        }
     }
 
     fn write_batch(
@@ -831,7 +896,11 @@ impl Shared {
         let mut io = self.io.lock();
         let mut growth = Growth::default();
         let current = io.segments.last().expect("the log always has a current segment");
-        if !batch.is_empty() && current.bytes >= io.segment_bytes {
+        // A segment whose records the tree already holds is closed early, so that the next
+        // checkpoint can delete it: otherwise a quiet log would keep up to a full segment of
+        // dead records (and its preallocation) forever.
+        let covered = io.checkpoint_lsn + 1 >= first_lsn && current.bytes >= ROLL_COVERED_BYTES;
+        if !batch.is_empty() && (current.bytes >= io.segment_bytes || covered) {
             let path = io.dir.path().join(&current.name);
             // Cut the preallocated zeros and sync the full segment first: a torn record in an
             // older segment would end the log there and drop every later segment.

@@ -1,11 +1,13 @@
 //! Property test: random put/append/patch/delete/flush/reopen/compact sequences against a
-//! `BTreeMap` model, revisions and refusals included.
+//! `BTreeMap` model, revisions and refusals included; `Store::list` against a naive listing.
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use ferry_file_server::crash_sim::CrashSimDir;
-use ferry_file_server::{Change, FilePath, PartitionStore, StoreError, StoreOptions};
+use ferry_file_server::{
+    Change, FilePath, InitOptions, PartitionStore, Store, StoreError, StoreOptions, WalSync,
+};
 use proptest::prelude::*;
 
 const PATHS: [&str; 4] = ["/a/x", "/a/y", "/b", "/b/c/d"];
@@ -178,5 +180,141 @@ proptest! {
         }
         store.close().unwrap();
         check(&open(&dir), &model);
+    }
+}
+
+/// Paths for the listing model: users whose names are prefixes of each other (`u1`, `u10`),
+/// files at the partition key itself (`/home/u1`), deeper files and short paths.
+fn list_path(i: usize) -> String {
+    const USERS: [&str; 6] = ["u1", "u10", "u11", "u2", "v", "u1x"];
+    const NAMES: [&str; 5] = ["a", "b", "d/e", "d/f/g", "z"];
+    let n = USERS.len() * NAMES.len();
+    match i % (n + 4) {
+        j if j < n => format!("/home/{}/{}", USERS[j / NAMES.len()], NAMES[j % NAMES.len()]),
+        j if j == n => "/home/u1".into(),
+        j if j == n + 1 => "/home/u10".into(),
+        j if j == n + 2 => "/homer/u1/a".into(),
+        _ => "/x".into(),
+    }
+}
+
+const LIST_PREFIXES: [&str; 12] = [
+    "",
+    "/",
+    "/h",
+    "/home",
+    "/home/",
+    "/home/u1",
+    "/home/u1/",
+    "/home/u1/d",
+    "/home/u1/d/",
+    "/home/u10/",
+    "/home/v/z",
+    "/homer/",
+];
+
+/// What `Store::list` must return: the model's live files under `prefix` after `after`.
+fn naive_list(
+    model: &BTreeMap<String, bool>,
+    prefix: &str,
+    after: Option<&str>,
+    limit: usize,
+    open: &dyn Fn(&str) -> bool,
+) -> Vec<String> {
+    model
+        .iter()
+        .filter(|(path, live)| **live && path.starts_with(prefix) && open(path))
+        .filter(|(path, _)| after.is_none_or(|a| path.as_str() > a))
+        .map(|(path, _)| path.clone())
+        .take(limit)
+        .collect()
+}
+
+fn list_paths(store: &Store, prefix: &str, after: Option<&str>, limit: usize) -> Vec<String> {
+    store.list(prefix, after, limit).unwrap().into_iter().map(|(p, _)| p.to_string()).collect()
+}
+
+/// Checks single pages and whole listings paged through with `limit`.
+fn check_listing(
+    store: &Store,
+    model: &BTreeMap<String, bool>,
+    queries: &[(usize, Option<usize>, usize)],
+    open: &dyn Fn(&str) -> bool,
+) -> Result<(), TestCaseError> {
+    for &(prefix, after, limit) in queries {
+        let prefix = LIST_PREFIXES[prefix];
+        let after = after.map(list_path);
+        let got = list_paths(store, prefix, after.as_deref(), limit);
+        let want = naive_list(model, prefix, after.as_deref(), limit, open);
+        prop_assert_eq!(got, want, "list({:?}, {:?}, {})", prefix, after, limit);
+        if limit > 0 {
+            let mut paged = Vec::new();
+            let mut after: Option<String> = None;
+            loop {
+                let page = list_paths(store, prefix, after.as_deref(), limit);
+                paged.extend(page.iter().cloned());
+                if page.len() < limit {
+                    break;
+                }
+                after = page.last().cloned();
+            }
+            prop_assert_eq!(paged, naive_list(model, prefix, None, usize::MAX, open));
+        }
+    }
+    Ok(())
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 16, ..ProptestConfig::default() })]
+
+    /// `Store::list` (routed to one partition or merged over all) against a naive listing of
+    /// a model, with files in the trees, in the dirty sets, deleted, and partitions not open.
+    #[test]
+    fn store_list_matches_a_naive_listing(
+        writes in proptest::collection::vec((0..40usize, any::<bool>()), 1..80),
+        flush_after in 0..80usize,
+        queries in proptest::collection::vec(
+            (0..LIST_PREFIXES.len(), proptest::option::of(0..40usize), 0..12usize),
+            1..12,
+        ),
+        open_mask in 1..255u32,
+    ) {
+        let tmp = tempfile::tempdir().unwrap();
+        Store::init(tmp.path(), InitOptions { partitions: 8, partition_depth: 2 }).unwrap();
+        let options = StoreOptions {
+            // Only the explicit flush below, so that some files stay in the dirty sets.
+            flush_interval_ms: 3_600_000,
+            cache_bytes: 4096,
+            wal_preallocate_bytes: 0,
+            // Durability is not what this test is about; syncs would only slow it.
+            wal_sync: WalSync::Os,
+            ..StoreOptions::default()
+        };
+        let store = Store::open(tmp.path(), options).unwrap();
+        let mut model: BTreeMap<String, bool> = BTreeMap::new();
+        for (i, &(path, delete)) in writes.iter().enumerate() {
+            let path = list_path(path);
+            let fp = FilePath::parse(&path).unwrap();
+            let live = model.get(&path).copied().unwrap_or(false);
+            if delete && live {
+                store.apply(Change::delete(fp, "w")).unwrap();
+                model.insert(path, false);
+            } else if !delete {
+                store.apply(Change::put(fp, path.clone(), "w")).unwrap();
+                model.insert(path, true);
+            }
+            if i == flush_after {
+                store.flush().unwrap();
+            }
+        }
+        check_listing(&store, &model, &queries, &|_| true)?;
+        store.close().unwrap();
+
+        let open: Vec<u32> = (0..8).filter(|p| open_mask & (1 << p) != 0).collect();
+        let store = Store::open_partitions(tmp.path(), &open, options).unwrap();
+        let is_open =
+            |path: &str| open.contains(&store.partition_of(&FilePath::parse(path).unwrap()));
+        check_listing(&store, &model, &queries, &is_open)?;
+        store.close().unwrap();
     }
 }

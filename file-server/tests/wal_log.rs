@@ -2,6 +2,9 @@
 //! tails, group commit and the sync policies.
 
 use std::sync::{Arc, Barrier};
+use std::time::Duration;
+
+use crossbeam_channel::{Receiver, Sender};
 
 use ferry_file_server::backend::{FsDir, OpenMode, StorageDir};
 use ferry_file_server::crash_sim::{CrashSimDir, FaultOp};
@@ -156,21 +159,57 @@ fn a_foreign_segment_is_a_typed_error() {
     assert!(err.to_string().contains("FERRYWAL"), "{err}");
 }
 
+/// How long a test waits for a sync that must come; only a hang reaches it.
+const SYNC_DEADLINE: Duration = Duration::from_secs(30);
+
 #[test]
 fn a_single_thread_pipelines_many_records_into_one_sync() {
-    let dir = CrashSimDir::new("/p000");
-    let (wal, _, _) = open(&dir, 0, always());
-    let base = dir.sync_count("wal-");
+    let gate = SyncGate::default();
+    let counting = Arc::new(CountingDir::gated(Arc::new(CrashSimDir::new("/p000")), &gate));
+    let (wal, _) = WriteAheadLog::open(counting.clone(), 0, always(), &mut |_, _| Ok(())).unwrap();
+    let (entered, release) = gate.hold();
+    let base = counting.syncs();
+    let first = wal.append(&put("/a", 1, &[7; 500])).unwrap();
+    entered.recv_timeout(SYNC_DEADLINE).expect("appending starts a sync, without a wait");
+    // The sync of the first record is held open while the pipeline fills.
     let lsns: Vec<u64> =
-        (1..=1000u64).map(|i| wal.append(&put("/a", i, &[7; 500])).unwrap()).collect();
-    assert_eq!(dir.sync_count("wal-"), base, "appending alone never syncs");
+        (2..=1000u64).map(|i| wal.append(&put("/a", i, &[7; 500])).unwrap()).collect();
+    assert_eq!(counting.syncs(), base + 1, "one sync in progress, none started meanwhile");
+    drop(release);
     wal.wait(*lsns.last().unwrap()).unwrap();
-    assert_eq!(dir.sync_count("wal-"), base + 1, "one sync covers the whole pipeline");
+    assert_eq!(
+        counting.syncs(),
+        base + 2,
+        "one sync covers every record appended while the previous one ran"
+    );
+    wal.wait(first).unwrap();
     for lsn in lsns {
         wal.wait(lsn).unwrap();
     }
-    assert_eq!(dir.sync_count("wal-"), base + 1, "earlier records are covered already");
+    assert_eq!(counting.syncs(), base + 2, "earlier records are covered already");
     assert_eq!(wal.synced_lsn(), 1000);
+}
+
+#[test]
+fn logs_appended_to_one_after_another_sync_at_the_same_time() {
+    let gate = SyncGate::default();
+    let logs: Vec<WriteAheadLog> = (0..4)
+        .map(|p| {
+            let dir = CountingDir::gated(Arc::new(CrashSimDir::new(format!("/p{p:03}"))), &gate);
+            WriteAheadLog::open(Arc::new(dir), 0, always(), &mut |_, _| Ok(())).unwrap().0
+        })
+        .collect();
+    let (entered, release) = gate.hold();
+    let lsns: Vec<u64> = logs.iter().map(|wal| wal.append(&put("/a", 1, b"x")).unwrap()).collect();
+    // Every log's sync is in progress before any of them finished and before any wait.
+    for n in 0..logs.len() {
+        entered.recv_timeout(SYNC_DEADLINE).unwrap_or_else(|_| panic!("only {n} syncs started"));
+    }
+    drop(release);
+    for (wal, lsn) in logs.iter().zip(lsns) {
+        wal.wait(lsn).unwrap();
+        assert_eq!(wal.synced_lsn(), lsn);
+    }
 }
 
 #[test]
@@ -348,15 +387,53 @@ fn acknowledged_records_survive_every_simulated_crash() {
     }
 }
 
-/// A directory wrapper that counts `sync_data` calls on its files.
+/// Holds `sync_data` calls of the directories that share it: while held, each sync reports
+/// that it started and blocks until the hold is released.
+#[derive(Clone, Default)]
+struct SyncGate {
+    held: Arc<std::sync::Mutex<Option<HeldSyncs>>>,
+}
+
+#[derive(Clone)]
+struct HeldSyncs {
+    entered: Sender<()>,
+    release: Receiver<()>,
+}
+
+impl SyncGate {
+    /// Holds every sync from now on. The receiver hears of each sync that starts; dropping
+    /// the sender lets them all through (and every later one).
+    fn hold(&self) -> (Receiver<()>, Sender<()>) {
+        let (entered, entered_rx) = crossbeam_channel::unbounded();
+        let (release_tx, release) = crossbeam_channel::bounded(0);
+        *self.held.lock().unwrap() = Some(HeldSyncs { entered, release });
+        (entered_rx, release_tx)
+    }
+
+    fn pass(&self) {
+        let held = self.held.lock().unwrap().clone();
+        if let Some(held) = held {
+            let _ = held.entered.send(());
+            // Returns once the test drops its sender.
+            let _ = held.release.recv();
+        }
+    }
+}
+
+/// A directory wrapper that counts `sync_data` calls on its files, and can hold them.
 struct CountingDir {
     inner: Arc<dyn StorageDir>,
     syncs: Arc<std::sync::atomic::AtomicU64>,
+    gate: SyncGate,
 }
 
 impl CountingDir {
     fn new(inner: Arc<dyn StorageDir>) -> CountingDir {
-        CountingDir { inner, syncs: Arc::default() }
+        CountingDir::gated(inner, &SyncGate::default())
+    }
+
+    fn gated(inner: Arc<dyn StorageDir>, gate: &SyncGate) -> CountingDir {
+        CountingDir { inner, syncs: Arc::default(), gate: gate.clone() }
     }
 
     fn syncs(&self) -> u64 {
@@ -367,6 +444,7 @@ impl CountingDir {
 struct CountingFile {
     inner: Arc<dyn ferry_file_server::backend::StorageFile>,
     syncs: Arc<std::sync::atomic::AtomicU64>,
+    gate: SyncGate,
 }
 
 impl StorageDir for CountingDir {
@@ -379,7 +457,8 @@ impl StorageDir for CountingDir {
         mode: OpenMode,
     ) -> std::io::Result<Arc<dyn ferry_file_server::backend::StorageFile>> {
         let inner = self.inner.open_file(name, mode)?;
-        Ok(Arc::new(CountingFile { inner, syncs: self.syncs.clone() }))
+        let (syncs, gate) = (self.syncs.clone(), self.gate.clone());
+        Ok(Arc::new(CountingFile { inner, syncs, gate }))
     }
     fn list(&self) -> std::io::Result<Vec<String>> {
         self.inner.list()
@@ -413,6 +492,7 @@ impl ferry_file_server::backend::StorageFile for CountingFile {
     }
     fn sync_data(&self) -> std::io::Result<()> {
         self.syncs.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        self.gate.pass();
         self.inner.sync_data()
     }
     fn map(&self) -> std::io::Result<Arc<dyn ferry_file_server::backend::Mapping>> {
@@ -460,3 +540,31 @@ fn verify_reads_every_record_and_tells_a_torn_tail_from_damage() {
 }
 
 const SEGMENT_HEADER: u64 = ferry_file_server::wal::SEGMENT_HEADER_LEN as u64;
+
+#[test]
+fn a_segment_the_tree_already_holds_is_closed_early_and_then_deleted() {
+    let dir = CrashSimDir::new("/p000");
+    let options =
+        WalOptions { sync: WalSync::Always, preallocate_bytes: 0, ..WalOptions::default() };
+    let (wal, _, _) = open(&dir, 0, options);
+    let data = [7u8; 4096];
+    let mut last = 0;
+    for i in 0..300u64 {
+        last = wal.append(&put("/f", i + 1, &data)).unwrap();
+    }
+    wal.wait(last).unwrap();
+    let (bytes, segments) = wal.size();
+    assert!(bytes > ferry_file_server::wal::ROLL_COVERED_BYTES && segments == 1);
+    // Covered, but still the segment being written: nothing to delete yet.
+    assert_eq!(wal.checkpoint(last).unwrap(), 0);
+    let next = wal.append(&put("/f", 301, b"x")).unwrap();
+    wal.wait(next).unwrap();
+    assert_eq!(wal.size().1, 2, "the covered segment was closed at the next append");
+    assert_eq!(wal.checkpoint(next).unwrap(), 1);
+    let (bytes, segments) = wal.size();
+    assert_eq!(segments, 1);
+    assert!(bytes < 4096, "only the new small segment is left: {bytes}");
+    wal.close().unwrap();
+    let (_, replayed, _) = open(&dir, next, options);
+    assert!(replayed.is_empty());
+}
