@@ -42,6 +42,8 @@ enum Command {
     Token(commands::token::TokenCommand),
     /// Talk to a running server: put, append, get, ls, watch.
     Client(commands::client::ClientArgs),
+    /// Load a server over real WebSocket connections, measure, and verify nothing was lost.
+    Bench(Box<commands::bench::BenchArgs>),
 }
 
 impl Cli {
@@ -90,5 +92,6 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Serve(args) => commands::serve::run(&cli.load_config()?.config, args),
         Command::Token(cmd) => commands::token::run(&cli.load_config()?.config, cmd),
         Command::Client(args) => commands::client::run(&cli.load_config()?.config, args),
+        Command::Bench(args) => commands::bench::run(&cli.load_config()?.config, args),
     }
 }

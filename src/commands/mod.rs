@@ -1,5 +1,6 @@
 //! One module per top-level subcommand.
 
+pub mod bench;
 pub mod client;
 pub mod config;
 pub mod files;
