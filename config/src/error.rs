@@ -20,6 +20,13 @@ impl Invalid {
     }
 }
 
+/// Records an [`Invalid`] for `key` unless `lo <= value <= hi`.
+pub(crate) fn check_range(out: &mut Vec<Invalid>, key: String, value: u64, lo: u64, hi: u64) {
+    if !(lo..=hi).contains(&value) {
+        out.push(Invalid::new(key, value.to_string(), format!("an integer from {lo} to {hi}")));
+    }
+}
+
 /// Why a configuration could not be loaded.
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]

@@ -5,7 +5,7 @@ use std::net::SocketAddr;
 
 use serde::{Deserialize, Serialize};
 
-use crate::error::Invalid;
+use crate::error::{check_range, Invalid};
 
 /// Settings of the WebSocket edge (`/v1/ws`, `/healthz`, `/readyz`).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -65,13 +65,7 @@ impl Default for IngressConfig {
 impl IngressConfig {
     pub(crate) fn check(&self, out: &mut Vec<Invalid>) {
         let mut range = |key: &str, value: u64, lo: u64, hi: u64| {
-            if !(lo..=hi).contains(&value) {
-                out.push(Invalid::new(
-                    format!("ingress.{key}"),
-                    value.to_string(),
-                    format!("an integer from {lo} to {hi}"),
-                ));
-            }
+            check_range(out, format!("ingress.{key}"), value, lo, hi)
         };
         range("max_frame_bytes", self.max_frame_bytes as u64, 256, 1 << 30);
         range("max_requests_per_sec", self.max_requests_per_sec.into(), 1, 10_000_000);

@@ -5,7 +5,7 @@ use std::path::PathBuf;
 
 use serde::{Deserialize, Serialize};
 
-use crate::error::Invalid;
+use crate::error::{check_range, Invalid};
 
 /// `[logger]`: settings of the background log writer and its two streams.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -175,13 +175,7 @@ impl LoggerConfig {
     pub fn invalid_values(&self) -> Vec<Invalid> {
         let mut out = Vec::new();
         let mut range = |key: &str, value: u64, lo: u64, hi: u64| {
-            if !(lo..=hi).contains(&value) {
-                out.push(Invalid::new(
-                    format!("logger.{key}"),
-                    value.to_string(),
-                    format!("an integer from {lo} to {hi}"),
-                ));
-            }
+            check_range(&mut out, format!("logger.{key}"), value, lo, hi)
         };
         range("batch_records", self.batch_records as u64, 1, 1 << 20);
         range("batch_interval_ms", self.batch_interval_ms, 0, 60_000);

@@ -4,7 +4,7 @@ use std::path::PathBuf;
 
 use serde::{Deserialize, Serialize};
 
-use crate::error::Invalid;
+use crate::error::{check_range, Invalid};
 
 /// When the write-ahead log is fsynced.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -61,13 +61,7 @@ impl Default for StoreConfig {
 impl StoreConfig {
     pub(crate) fn check(&self, out: &mut Vec<Invalid>) {
         let mut range = |key: &str, value: u64, lo: u64, hi: u64| {
-            if !(lo..=hi).contains(&value) {
-                out.push(Invalid::new(
-                    format!("store.{key}"),
-                    value.to_string(),
-                    format!("an integer from {lo} to {hi}"),
-                ));
-            }
+            check_range(out, format!("store.{key}"), value, lo, hi)
         };
         range("partitions", self.partitions.into(), 1, 4096);
         range("partition_depth", self.partition_depth.into(), 1, 64);
