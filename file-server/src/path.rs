@@ -36,6 +36,12 @@ impl FilePath {
     /// Validates `raw` as a path. Nothing is rewritten: a path that is not already normal is
     /// refused with the reason, so that two spellings never name one file.
     pub fn parse(raw: &str) -> Result<FilePath, PathError> {
+        FilePath::check(raw)?;
+        Ok(FilePath(Arc::from(raw)))
+    }
+
+    /// Checks `raw` against the invariants of a path without allocating.
+    pub(crate) fn check(raw: &str) -> Result<(), PathError> {
         if raw.is_empty() {
             return Err(PathError::Empty);
         }
@@ -55,7 +61,15 @@ impl FilePath {
                 _ => {}
             }
         }
-        Ok(FilePath(Arc::from(raw)))
+        Ok(())
+    }
+
+    /// A path read from a tree page whose keys were all checked with [`FilePath::check`]
+    /// when the page was first verified: scans make one per row, and checking again would
+    /// be most of their cost.
+    pub(crate) fn from_stored(raw: &str) -> FilePath {
+        debug_assert!(FilePath::check(raw).is_ok(), "stored path {raw:?} was not checked");
+        FilePath(Arc::from(raw))
     }
 
     pub fn as_str(&self) -> &str {

@@ -151,3 +151,38 @@ fn truncation_and_foreign_files_are_typed_errors() {
     assert!(matches!(TreeReader::open(fs_dir(&foreign)), Err(StoreError::Foreign { .. })));
     assert!(matches!(TreeFile::open(fs_dir(&foreign), 0, 1), Err(StoreError::Foreign { .. })));
 }
+
+/// A leaf whose checksum is right but whose key is not a path (as a buggy or foreign writer
+/// could leave it): the page's first touch refuses it, so reads and scans, which trust the
+/// keys of checked pages, report corruption instead of handing out an invalid path.
+#[test]
+fn a_resealed_leaf_with_an_invalid_key_is_refused_on_first_touch() {
+    let tmp = tempfile::tempdir().unwrap();
+    let items = ["/x/a", "/x/b", "/x/c"].iter().map(|p| (path(p), live(1, *p))).collect();
+    let root = {
+        let mut tree = TreeFile::open(fs_dir(&tmp), 0, 1).unwrap();
+        tree.commit(&batch(items), 1).unwrap();
+        assert_eq!(tree.header().depth, 1, "the root is the only leaf");
+        tree.header().root_page
+    };
+    let file = tmp.path().join(file_name(1));
+    let f = OpenOptions::new().read(true).write(true).open(&file).unwrap();
+    let mut page = vec![0u8; PAGE_SIZE];
+    f.read_exact_at(&mut page, root * PAGE_SIZE as u64).unwrap();
+    // "/x/c" becomes "/x/\xff": still in order, no longer UTF-8.
+    let at = page.windows(4).position(|w| w == b"/x/c").unwrap() + 3;
+    page[at] = 0xff;
+    let crc = crc32fast::hash(&page[4..]);
+    page[..4].copy_from_slice(&crc.to_le_bytes());
+    f.write_all_at(&page, root * PAGE_SIZE as u64).unwrap();
+    drop(f);
+
+    let reader = TreeReader::open(fs_dir(&tmp)).unwrap();
+    let snapshot = reader.snapshot().unwrap();
+    let err = snapshot.get(&path("/x/a")).unwrap_err();
+    assert!(matches!(err, StoreError::Corrupt { .. }), "{err:?}");
+    assert!(err.to_string().contains("not a valid path"), "{err}");
+    let scanned: Vec<_> = snapshot.scan("/x/", None).collect();
+    assert_eq!(scanned.len(), 1);
+    assert!(matches!(scanned[0], Err(StoreError::Corrupt { .. })), "{scanned:?}");
+}

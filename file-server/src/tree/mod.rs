@@ -12,6 +12,7 @@
 //! follows the latest commit from any process with read permission only, and [`Snapshot`]
 //! reads one commit.
 
+mod authors;
 mod compact;
 pub mod format;
 mod generation;

@@ -174,12 +174,15 @@ impl<'a> NodeView<'a> {
             .ok_or_else(|| Fault::new(self.cell_start(i), format!("cell {i} key overruns")))
     }
 
-    /// Checks every cell's place once (done with the checksum, on a page's first touch):
-    /// offsets strictly increasing after the offset array and each key inside its cell, so
-    /// that a later damaged-but-checksummed page still cannot mislead a search.
+    /// Checks every cell once (done with the checksum, on a page's first touch): offsets
+    /// strictly increasing after the offset array and each key inside its cell, so that a
+    /// later damaged-but-checksummed page still cannot mislead a search; in a leaf also that
+    /// each cell decodes, its key is a valid path and its author UTF-8, so that reads need
+    /// not check those again.
     pub fn check_cells(&self) -> NodeResult<()> {
         let n = self.cell_count();
         let mut previous = PAGE_HEADER_LEN + 2 * n - 1;
+        let mut previous_key: Option<&[u8]> = None;
         for i in 0..n {
             let start = self.cell_start(i);
             if start <= previous {
@@ -189,7 +192,22 @@ impl<'a> NodeView<'a> {
                 ));
             }
             previous = start;
-            self.key(i)?;
+            let key = self.key(i)?;
+            if previous_key.is_some_and(|p| p >= key) {
+                return Err(Fault::new(start, format!("cell {i} key is not above the previous")));
+            }
+            previous_key = Some(key);
+            if self.is_leaf() {
+                let cell = self.leaf_cell(i)?;
+                let key_ok = std::str::from_utf8(cell.key)
+                    .is_ok_and(|k| crate::path::FilePath::check(k).is_ok());
+                if !key_ok {
+                    return Err(Fault::new(start, format!("cell {i} key is not a valid path")));
+                }
+                if std::str::from_utf8(cell.author).is_err() {
+                    return Err(Fault::new(start, format!("cell {i} author is not UTF-8")));
+                }
+            }
         }
         Ok(())
     }
@@ -212,7 +230,7 @@ impl<'a> NodeView<'a> {
                     self.page.get(start + key_at..start + key_at + len)
                 })
                 .ok_or_else(|| Fault::new(start, format!("cell {mid} key overruns the page")))?;
-            match probe.cmp(key) {
+            match compare_keys(probe, key) {
                 Ordering::Less => lo = mid + 1,
                 Ordering::Greater => hi = mid,
                 Ordering::Equal => return Ok(Ok(mid)),
@@ -240,11 +258,48 @@ impl<'a> NodeView<'a> {
         Ok(get_u64(cell, 0))
     }
 
+    /// In a branch: the child whose range holds `key` (see [`NodeView::child_index`]), read
+    /// straight from the cell: lookups call this only on pages whose cells were checked.
+    #[inline]
+    pub fn child_for(&self, key: &[u8]) -> NodeResult<u64> {
+        let i = self.child_index(key)?;
+        let start = self.cell_start(i);
+        self.page
+            .get(start..start + 8)
+            .map(|b| u64::from_le_bytes(b.try_into().expect("8 bytes")))
+            .ok_or_else(|| Fault::new(start, format!("cell {i} is truncated")))
+    }
+
     /// In a leaf: cell `i` decoded.
     pub fn leaf_cell(&self, i: usize) -> NodeResult<LeafCell<'a>> {
         let cell = self.cell(i)?;
         decode_leaf_cell(cell).map_err(|what| Fault::new(self.cell_start(i), what))
     }
+}
+
+/// Orders two keys bytewise, as `<[u8]>::cmp` does, eight bytes at a time. Keys share long
+/// prefixes (`/home/user7/...`), and on this hot path (every probe of every lookup) the call
+/// into `memcmp` costs more than the comparison itself.
+#[inline]
+pub fn compare_keys(a: &[u8], b: &[u8]) -> Ordering {
+    let n = a.len().min(b.len());
+    let (a_head, b_head) = (&a[..n], &b[..n]);
+    let mut i = 0;
+    while i + 8 <= n {
+        let x = u64::from_be_bytes(a_head[i..i + 8].try_into().expect("8 bytes"));
+        let y = u64::from_be_bytes(b_head[i..i + 8].try_into().expect("8 bytes"));
+        if x != y {
+            return x.cmp(&y);
+        }
+        i += 8;
+    }
+    while i < n {
+        if a_head[i] != b_head[i] {
+            return a_head[i].cmp(&b_head[i]);
+        }
+        i += 1;
+    }
+    a.len().cmp(&b.len())
 }
 
 /// Decodes a leaf cell from its bytes (trailing bytes after the cell are allowed).
@@ -413,6 +468,33 @@ mod tests {
     }
 
     #[test]
+    fn key_comparison_agrees_with_slice_order() {
+        let keys: Vec<Vec<u8>> = [
+            &b""[..],
+            b"/",
+            b"/home/user7/file1.txt",
+            b"/home/user7/file1.txt2",
+            b"/home/user7/file10.txt",
+            b"/home/user70/file1.txt",
+            b"/home/user7/file1.tx",
+            b"/home/usez",
+            b"/home/user7/\xff",
+            b"/home/user7/\x00",
+            b"12345678",
+            b"123456789",
+            b"12345679",
+        ]
+        .iter()
+        .map(|k| k.to_vec())
+        .collect();
+        for a in &keys {
+            for b in &keys {
+                assert_eq!(compare_keys(a, b), a.cmp(b), "{a:?} vs {b:?}");
+            }
+        }
+    }
+
+    #[test]
     fn leaf_cells_round_trip_in_every_content_form() {
         for content in [
             Content::Inline(b"hello"),
@@ -462,7 +544,25 @@ mod tests {
         assert_eq!(node.search(b"/f007").unwrap(), Ok(7));
         assert_eq!(node.search(b"/f0075").unwrap(), Err(8));
         assert_eq!(node.search(b"/a").unwrap(), Err(0));
+        // Keys around the prefix every key of the page shares ("/f0").
+        assert_eq!(node.search(b"/f").unwrap(), Err(0));
+        assert_eq!(node.search(b"/f0").unwrap(), Err(0));
+        assert_eq!(node.search(b"/f01").unwrap(), Err(10));
+        assert_eq!(node.search(b"/f019").unwrap(), Ok(19));
+        assert_eq!(node.search(b"/f1").unwrap(), Err(20));
+        assert_eq!(node.search(b"/g").unwrap(), Err(20));
+        for (i, k) in keys.iter().enumerate() {
+            assert_eq!(node.search(k).unwrap(), Ok(i));
+        }
+        node.check_cells().unwrap();
         assert_eq!(node.leaf_cell(19).unwrap().key, b"/f019");
+        // Cells whose keys are out of order fail the first-touch check.
+        let mut swapped = cells.clone();
+        swapped.swap(3, 4);
+        let mut page = vec![0u8; PAGE_SIZE];
+        build_page(&mut page, header, swapped.iter().map(|c| c.as_slice()));
+        let fault = NodeView::new(&page).unwrap().check_cells().unwrap_err();
+        assert!(fault.what.contains("cell 4 key is not above"), "{fault:?}");
     }
 
     #[test]

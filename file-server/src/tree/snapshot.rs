@@ -9,6 +9,7 @@ use std::sync::Arc;
 
 use bytes::Bytes;
 
+use super::authors;
 use super::format::{overflow_pages, TreeHeader, FIRST_DATA_PAGE, PAGE_BYTES, PAGE_SIZE};
 use super::node::{Content, Fault, LeafCell, NodeView};
 use super::verified::VerifiedPages;
@@ -49,16 +50,27 @@ impl MappedTree {
         })
     }
 
-    /// Page `page` as a node, its checksum checked once per process.
+    /// Page `page` as a node, checked once per process (see [`MappedTree::verify_node`]).
+    #[inline]
     pub(crate) fn node(&self, page: u64, end_page: u64) -> Result<NodeView<'_>> {
         let bytes = self.page_bytes(page, end_page)?;
         if !self.verified.is_verified(page) {
-            super::format::check_page(bytes, page)
-                .map_err(|what| self.corrupt(page * PAGE_BYTES, what))?;
-            NodeView::new(bytes).and_then(|n| n.check_cells()).map_err(|f| self.fault(page, f))?;
-            self.verified.mark(page);
+            self.verify_node(bytes, page)?;
         }
         NodeView::new(bytes).map_err(|f| self.fault(page, f))
+    }
+
+    /// The first touch of a page in this process: its checksum, the places of its cells and,
+    /// in a leaf, every cell (its content reference, its key a valid path, its author UTF-8),
+    /// so that every later lookup and scan can take what it reads as checked.
+    #[cold]
+    #[inline(never)]
+    fn verify_node(&self, bytes: &[u8], page: u64) -> Result<()> {
+        super::format::check_page(bytes, page)
+            .map_err(|what| self.corrupt(page * PAGE_BYTES, what))?;
+        NodeView::new(bytes).and_then(|n| n.check_cells()).map_err(|f| self.fault(page, f))?;
+        self.verified.mark(page);
+        Ok(())
     }
 
     /// Page `page` as a node that must be at `level` (which also rules out cycles).
@@ -184,35 +196,22 @@ impl Snapshot {
                     Err(_) => Ok(None),
                 };
             }
-            let i = node.child_index(key).map_err(|f| self.cell_error(page, f))?;
-            page = node.child(i).map_err(|f| self.cell_error(page, f))?;
+            page = node.child_for(key).map_err(|f| self.cell_error(page, f))?;
             level -= 1;
         }
     }
 
-    /// The metadata of a leaf cell. `author` remembers the last author made: a scan meets
-    /// the same few authors over and over and then shares one allocation.
-    fn meta(
-        &self,
-        page: u64,
-        cell: &LeafCell<'_>,
-        author: &mut Option<Arc<str>>,
-    ) -> Result<FileMeta> {
-        let shared = match author {
-            Some(a) if a.as_bytes() == cell.author => a.clone(),
-            _ => {
-                let text = std::str::from_utf8(cell.author).map_err(|_| {
-                    self.tree
-                        .corrupt(page * PAGE_BYTES, format!("page {page}: author is not UTF-8"))
-                })?;
-                author.insert(Arc::from(text)).clone()
-            }
-        };
+    /// The metadata of a leaf cell. Authors repeat over many files: they come from a small
+    /// cache of shared strings rather than one allocation each.
+    fn meta(&self, page: u64, cell: &LeafCell<'_>) -> Result<FileMeta> {
+        let author = authors::shared(cell.author).ok_or_else(|| {
+            self.tree.corrupt(page * PAGE_BYTES, format!("page {page}: author is not UTF-8"))
+        })?;
         Ok(FileMeta {
             rev: cell.rev,
             size: cell.size,
             mtime_ms: cell.mtime_ms,
-            author: shared,
+            author,
             hash: *cell.hash,
         })
     }
@@ -232,7 +231,7 @@ impl Snapshot {
     /// `None`).
     pub fn get(&self, path: &FilePath) -> Result<Option<Record>> {
         let Some(found) = self.find(path.as_bytes())? else { return Ok(None) };
-        let meta = self.meta(found.page, &found.cell, &mut None)?;
+        let meta = self.meta(found.page, &found.cell)?;
         let content = self.content(&found.cell)?.map(Bytes::copy_from_slice);
         Ok(Some(Record { meta, content }))
     }
@@ -240,7 +239,7 @@ impl Snapshot {
     /// The metadata of `path` and whether it is deleted, without reading its content.
     pub fn get_meta(&self, path: &FilePath) -> Result<Option<(FileMeta, bool)>> {
         let Some(found) = self.find(path.as_bytes())? else { return Ok(None) };
-        let meta = self.meta(found.page, &found.cell, &mut None)?;
+        let meta = self.meta(found.page, &found.cell)?;
         Ok(Some((meta, matches!(found.cell.content, Content::Deleted))))
     }
 
@@ -259,7 +258,6 @@ impl Snapshot {
         let mut pending = Some((start, exclusive));
         let prefix = prefix.as_bytes().to_vec();
         let mut done = false;
-        let mut last_author = None;
         std::iter::from_fn(move || {
             if done {
                 return None;
@@ -272,16 +270,15 @@ impl Snapshot {
                 if !cell.key.starts_with(&prefix) {
                     return Ok(None);
                 }
-                let path = std::str::from_utf8(cell.key)
-                    .ok()
-                    .and_then(|s| FilePath::parse(s).ok())
-                    .ok_or_else(|| {
+                // The page's first touch checked every key as a path (`verify_node`).
+                let path =
+                    std::str::from_utf8(cell.key).map(FilePath::from_stored).map_err(|_| {
                         self.tree.corrupt(
                             page * PAGE_BYTES,
-                            format!("page {page}: key {:?} is not a valid path", cell.key),
+                            format!("page {page}: key {:?} is not UTF-8", cell.key),
                         )
                     })?;
-                let meta = self.meta(page, &cell, &mut last_author)?;
+                let meta = self.meta(page, &cell)?;
                 Ok(Some((path, meta, matches!(cell.content, Content::Deleted))))
             })();
             match item {
