@@ -14,6 +14,7 @@
 //! now covers are removed. Dirty versions are never evicted: they are not in the cache.
 
 mod change;
+mod clean_cache;
 
 pub use change::{apply_change, Change, Edit};
 
@@ -34,11 +35,7 @@ use crate::store::StoreOptions;
 use crate::tree::{Snapshot, TreeFile};
 use crate::wal::{WalOptions, WalRecovery, WriteAheadLog};
 use change::{replay_entry, visible};
-
-/// The moka cache of clean file versions, bounded in bytes. Keyed with foldhash rather than
-/// the default SipHash: hashing the path was a sixth of a cached read. foldhash is randomly
-/// seeded too, with weaker guarantees against deliberately colliding paths than SipHash.
-type FileCache = moka::sync::Cache<FilePath, Arc<Record>, foldhash::fast::RandomState>;
+use clean_cache::CleanCache;
 
 /// What an applied change produced.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -132,7 +129,7 @@ struct Inner {
     wal: WriteAheadLog,
     /// Held for a whole flush, so that flushes do not overlap.
     tree: Mutex<TreeFile>,
-    cache: FileCache,
+    cache: CleanCache,
     kick: Sender<()>,
 }
 
@@ -146,17 +143,6 @@ pub struct PartitionStore {
 
 fn now_ms() -> u64 {
     SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64)
-}
-
-fn new_cache(bytes: u64) -> FileCache {
-    moka::sync::Cache::builder()
-        .max_capacity(bytes)
-        .weigher(|path: &FilePath, record: &Arc<Record>| {
-            let size = path.as_str().len() + record.meta.author.len() + 96;
-            let content = record.content.as_ref().map_or(0, |c| c.len());
-            u32::try_from(size + content).unwrap_or(u32::MAX)
-        })
-        .build_with_hasher(foldhash::fast::RandomState::default())
 }
 
 impl PartitionStore {
@@ -218,7 +204,7 @@ impl PartitionStore {
             }),
             wal,
             tree: Mutex::new(tree),
-            cache: new_cache(options.cache_bytes),
+            cache: CleanCache::new(options.cache_bytes),
             kick,
         });
         let interval = Duration::from_millis(options.flush_interval_ms.max(1));
@@ -353,7 +339,6 @@ impl PartitionStore {
         };
         let (wal_bytes, wal_segments) = self.inner.wal.size();
         let page = crate::tree::PAGE_SIZE as u64;
-        self.inner.cache.run_pending_tasks();
         PartitionStats {
             partition: self.inner.partition,
             entries: header.live_entries,
