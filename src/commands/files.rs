@@ -123,7 +123,7 @@ fn ls(dir: &Path, prefix: &str, long: bool) -> anyhow::Result<ExitCode> {
 
 fn get(dir: &Path, raw: &str) -> anyhow::Result<ExitCode> {
     let path = parse_path(raw)?;
-    let Some(record) = snapshot(dir)?.get(&path)? else { bail!("no file {path}") };
+    let Some(record) = ReadOnlyStore::open(dir)?.get(&path)? else { bail!("no file {path}") };
     let content = record.content.unwrap_or_default();
     let mut out = std::io::stdout().lock();
     out.write_all(&content)?;
@@ -133,8 +133,8 @@ fn get(dir: &Path, raw: &str) -> anyhow::Result<ExitCode> {
 
 fn stat(dir: &Path, raw: &str) -> anyhow::Result<ExitCode> {
     let path = parse_path(raw)?;
-    let Some(record) = snapshot(dir)?.get(&path)? else { bail!("no file {path}") };
-    let m = &record.meta;
+    // Metadata only: a stat must not copy the content out of the tree.
+    let Some(m) = ReadOnlyStore::open(dir)?.stat(&path)? else { bail!("no file {path}") };
     println!("path: {path}");
     println!("rev: {}", m.rev);
     println!("size: {}", m.size);
@@ -320,14 +320,16 @@ fn verify(dir: &Path) -> anyhow::Result<ExitCode> {
     }
 }
 
+const PAGE_BYTES: u64 = ferry_file_server::tree::PAGE_SIZE as u64;
+
 fn stats(dir: &Path) -> anyhow::Result<ExitCode> {
     let snap = snapshot(dir)?;
     let (mut files, mut tombstones, mut bytes, mut garbage) = (0, 0, 0, 0);
     println!("partition  files  tombstones  tree_bytes  garbage_bytes  generation  txn");
     for (p, s) in snap.partitions().iter().enumerate() {
         let h = s.header();
-        let tree_bytes = h.end_page * ferry_file_server::tree::PAGE_SIZE as u64;
-        let garbage_bytes = h.garbage_pages * ferry_file_server::tree::PAGE_SIZE as u64;
+        let tree_bytes = h.end_page * PAGE_BYTES;
+        let garbage_bytes = h.garbage_pages * PAGE_BYTES;
         println!(
             "{p:>9}  {:>5}  {:>10}  {tree_bytes:>10}  {garbage_bytes:>13}  {:>10}  {}",
             h.live_entries, h.tombstones, h.generation, h.txn_id
