@@ -37,6 +37,13 @@ enum Command {
     Files(commands::files::FilesCommand),
     /// Run the whole pipeline in this process: WebSocket ingress, worker, store and logger.
     Serve(commands::serve::ServeArgs),
+    /// Serve the data directory read-only over HTTP for reporting tools (no authentication:
+    /// loopback only unless --public).
+    FileServer(commands::file_server::FileServerArgs),
+    /// Run one instruction worker of the distributed mode (RabbitMQ and Redis, [cluster]).
+    Worker(commands::worker::WorkerArgs),
+    /// Run one WebSocket ingress node of the distributed mode (RabbitMQ and Redis, [cluster]).
+    Ingress(commands::ingress_node::IngressArgs),
     /// Issue client tokens signed with the auth secret.
     #[command(subcommand)]
     Token(commands::token::TokenCommand),
@@ -90,6 +97,9 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Init(args) => commands::init::run(&cli.load_config()?.config, args),
         Command::Files(cmd) => commands::files::run(&cli.load_config()?.config, cmd),
         Command::Serve(args) => commands::serve::run(&cli.load_config()?.config, args),
+        Command::FileServer(args) => commands::file_server::run(&cli.load_config()?.config, args),
+        Command::Worker(args) => commands::worker::run(&cli.load_config()?.config, args),
+        Command::Ingress(args) => commands::ingress_node::run(&cli.load_config()?.config, args),
         Command::Token(cmd) => commands::token::run(&cli.load_config()?.config, cmd),
         Command::Client(args) => commands::client::run(&cli.load_config()?.config, args),
         Command::Bench(args) => commands::bench::run(&cli.load_config()?.config, args),

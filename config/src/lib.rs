@@ -9,6 +9,7 @@
 //! the configuration file.
 
 pub mod auth;
+pub mod cluster;
 mod error;
 pub mod ingress;
 mod load;
@@ -18,6 +19,7 @@ pub mod store;
 use serde::{Deserialize, Serialize};
 
 pub use auth::{AuthConfig, Secret};
+pub use cluster::ClusterConfig;
 pub use error::{ConfigError, Invalid};
 pub use ingress::IngressConfig;
 pub use load::{load, ConfigSources, LoadedConfig, Origin, DEFAULT_CONFIG_FILE};
@@ -32,6 +34,7 @@ pub struct FerryConfig {
     pub logger: LoggerConfig,
     pub ingress: IngressConfig,
     pub auth: AuthConfig,
+    pub cluster: ClusterConfig,
 }
 
 impl FerryConfig {
@@ -42,6 +45,7 @@ impl FerryConfig {
         out.extend(self.logger.invalid_values());
         self.ingress.check(&mut out);
         self.auth.check(&mut out);
+        self.cluster.check(&mut out);
         out
     }
 }

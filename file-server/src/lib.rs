@@ -7,11 +7,13 @@
 //! read-only processes can open the same directory and read consistent snapshots while the
 //! writer commits. The on-disk format is documented in `docs/FORMAT.md`.
 //!
-//! This crate knows nothing of queues, sockets or clients: it stores files.
+//! The store knows nothing of queues, sockets or clients: it stores files. The one edge is
+//! [`http`], a read-only HTTP service over a data directory for reporting tools.
 
 pub mod backend;
 pub mod crash_sim;
 pub mod error;
+pub mod http;
 pub mod lock;
 pub mod partition;
 pub mod partition_store;

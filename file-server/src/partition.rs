@@ -36,6 +36,31 @@ pub fn partition_of(path: &FilePath, depth: u32, count: u32) -> u32 {
     (fnv1a64(partition_key(path, depth).as_bytes()) % u64::from(count)) as u32
 }
 
+/// The partition key every path under `prefix` has, if the prefix fixes one: its first
+/// `depth` segments are complete, each followed by `/` (`/home/alice/` or `/home/alice/x` at
+/// depth 2, but not `/home/alice`, which also matches `/home/alice2/...`).
+pub fn prefix_partition_key(prefix: &str, depth: u32) -> Option<FilePath> {
+    let rest = prefix.strip_prefix('/')?;
+    let mut seen = 0;
+    for (i, b) in rest.bytes().enumerate() {
+        if b == b'/' {
+            seen += 1;
+            if seen == depth {
+                // Not a valid path (an empty or `..` segment): no file can match; merging
+                // finds that out without special rules here.
+                return FilePath::parse(&prefix[..i + 1]).ok();
+            }
+        }
+    }
+    None
+}
+
+/// The partition that holds every path under `prefix`, if the prefix spells out a complete
+/// partition key (see [`prefix_partition_key`]); `None` when its paths may be anywhere.
+pub fn partition_of_prefix(prefix: &str, depth: u32, count: u32) -> Option<u32> {
+    prefix_partition_key(prefix, depth).map(|key| partition_of(&key, depth, count))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -66,5 +91,35 @@ mod tests {
             assert_eq!(partition_of(&p(f), 2, 16), a);
         }
         assert!(a < 16);
+    }
+
+
+    fn key(prefix: &str, depth: u32) -> Option<String> {
+        prefix_partition_key(prefix, depth).map(|k| k.as_str().to_owned())
+    }
+
+    #[test]
+    fn only_a_prefix_with_complete_key_segments_names_a_partition_key() {
+        assert_eq!(key("/home/alice/", 2).as_deref(), Some("/home/alice"));
+        assert_eq!(key("/home/alice/notes/x", 2).as_deref(), Some("/home/alice"));
+        assert_eq!(key("/home/", 1).as_deref(), Some("/home"));
+        // `/home/alice` also matches `/home/alice2/...`, elsewhere.
+        assert_eq!(key("/home/alice", 2), None);
+        assert_eq!(key("/home/", 2), None);
+        assert_eq!(key("/", 2), None);
+        assert_eq!(key("", 2), None);
+        assert_eq!(key("home/alice/", 2), None);
+        assert_eq!(key("//alice/", 2), None, "an empty segment is no valid key");
+        assert_eq!(key("/home/../", 2), None);
+    }
+
+    #[test]
+    fn every_path_under_a_routed_prefix_is_in_the_key_partition() {
+        let prefix = "/home/alice/";
+        let key = prefix_partition_key(prefix, 2).unwrap();
+        let p = partition_of(&key, 2, 16);
+        for path in ["/home/alice/a", "/home/alice/deep/er/b.txt", "/home/alice/alice"] {
+            assert_eq!(partition_of(&FilePath::parse(path).unwrap(), 2, 16), p, "{path}");
+        }
     }
 }

@@ -16,7 +16,7 @@ use crate::partition::partition_of;
 use crate::path::FilePath;
 use crate::record::{FileMeta, Record};
 use crate::store::{partition_dir, read_layout, InitOptions};
-use crate::tree::{Snapshot, TreeReader};
+use crate::tree::{Snapshot, TreeHeader, TreeReader, PAGE_SIZE};
 
 /// A data directory opened for reading only. See the module documentation.
 pub struct ReadOnlyStore {
@@ -30,6 +30,47 @@ pub struct ReadOnlyStore {
 pub struct StoreSnapshot {
     layout: InitOptions,
     snapshots: Vec<Snapshot>,
+}
+
+/// Counts and sizes of one partition's committed tree, as `ferry files stats` prints them.
+/// `files` counts every live entry, Ferry's reserved files included.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+pub struct TreeStats {
+    pub partition: u32,
+    pub files: u64,
+    pub tombstones: u64,
+    /// Bytes of the tree file up to its end page, and how many of them are garbage.
+    pub tree_bytes: u64,
+    pub garbage_bytes: u64,
+    pub generation: u64,
+    /// The commit the numbers come from.
+    pub txn: u64,
+}
+
+impl TreeStats {
+    pub fn of(partition: u32, header: &TreeHeader) -> TreeStats {
+        let page = PAGE_SIZE as u64;
+        TreeStats {
+            partition,
+            files: header.live_entries,
+            tombstones: header.tombstones,
+            tree_bytes: header.end_page * page,
+            garbage_bytes: header.garbage_pages * page,
+            generation: header.generation,
+            txn: header.txn_id,
+        }
+    }
+}
+
+/// Every partition's [`TreeStats`] and their sums.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct StoreStats {
+    pub files: u64,
+    pub tombstones: u64,
+    pub tree_bytes: u64,
+    pub garbage_bytes: u64,
+    /// By partition.
+    pub partitions: Vec<TreeStats>,
 }
 
 /// Opens `data_dir` for reading; see [`ReadOnlyStore`].
@@ -94,6 +135,19 @@ impl StoreSnapshot {
     /// The per-partition snapshots, by partition.
     pub fn partitions(&self) -> &[Snapshot] {
         &self.snapshots
+    }
+
+    pub fn stats(&self) -> StoreStats {
+        let partitions: Vec<TreeStats> =
+            (0..).zip(&self.snapshots).map(|(p, s)| TreeStats::of(p, s.header())).collect();
+        let total = |field: fn(&TreeStats) -> u64| partitions.iter().map(field).sum();
+        StoreStats {
+            files: total(|s| s.files),
+            tombstones: total(|s| s.tombstones),
+            tree_bytes: total(|s| s.tree_bytes),
+            garbage_bytes: total(|s| s.garbage_bytes),
+            partitions,
+        }
     }
 
     pub fn get(&self, path: &FilePath) -> Result<Option<Record>> {

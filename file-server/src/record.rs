@@ -20,6 +20,13 @@ pub struct FileMeta {
     pub hash: [u8; 32],
 }
 
+impl FileMeta {
+    /// The SHA-256 in lowercase hex.
+    pub fn hash_hex(&self) -> String {
+        self.hash.iter().map(|b| format!("{b:02x}")).collect()
+    }
+}
+
 /// One version of a file as stored: live content, or a tombstone that keeps the revision
 /// counting across a delete and a later re-create.
 #[derive(Debug, Clone, PartialEq, Eq)]

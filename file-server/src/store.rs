@@ -17,7 +17,7 @@ use serde::{Deserialize, Serialize};
 use crate::backend::{FsDir, StorageDir};
 use crate::error::{Result, StoreError};
 use crate::lock::WriterLock;
-use crate::partition::partition_of;
+use crate::partition::{partition_of, prefix_partition_key};
 use crate::partition_store::{
     Applied, Change, FlushStats, PartitionStats, PartitionStore, PendingWrite,
 };
@@ -384,24 +384,6 @@ impl<'a> ListCursor<'a> {
     }
 }
 
-/// The partition key every path under `prefix` has, if the prefix fixes one: its first
-/// `depth` segments are complete, each followed by `/` (`/home/alice/` or `/home/alice/x` at
-/// depth 2, but not `/home/alice`, which also matches `/home/alice2/...`).
-fn prefix_partition_key(prefix: &str, depth: u32) -> Option<FilePath> {
-    let rest = prefix.strip_prefix('/')?;
-    let mut seen = 0;
-    for (i, b) in rest.bytes().enumerate() {
-        if b == b'/' {
-            seen += 1;
-            if seen == depth {
-                // Not a valid path (an empty or `..` segment): no file can match; merging
-                // finds that out without special rules here.
-                return FilePath::parse(&prefix[..i + 1]).ok();
-            }
-        }
-    }
-    None
-}
 
 fn sync_dir(dir: &Path) -> Result<()> {
     fs::File::open(dir).and_then(|f| f.sync_all()).map_err(|e| StoreError::io("sync", dir, e))
@@ -423,38 +405,4 @@ fn write_manifest(dir: &Path, layout: InitOptions) -> Result<()> {
     let path = dir.join(MANIFEST_FILE);
     fs::rename(&tmp, &path).map_err(|e| StoreError::io("rename", &path, e))?;
     sync_dir(dir)
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn key(prefix: &str, depth: u32) -> Option<String> {
-        prefix_partition_key(prefix, depth).map(|k| k.as_str().to_owned())
-    }
-
-    #[test]
-    fn only_a_prefix_with_complete_key_segments_names_a_partition_key() {
-        assert_eq!(key("/home/alice/", 2).as_deref(), Some("/home/alice"));
-        assert_eq!(key("/home/alice/notes/x", 2).as_deref(), Some("/home/alice"));
-        assert_eq!(key("/home/", 1).as_deref(), Some("/home"));
-        // `/home/alice` also matches `/home/alice2/...`, elsewhere.
-        assert_eq!(key("/home/alice", 2), None);
-        assert_eq!(key("/home/", 2), None);
-        assert_eq!(key("/", 2), None);
-        assert_eq!(key("", 2), None);
-        assert_eq!(key("home/alice/", 2), None);
-        assert_eq!(key("//alice/", 2), None, "an empty segment is no valid key");
-        assert_eq!(key("/home/../", 2), None);
-    }
-
-    #[test]
-    fn every_path_under_a_routed_prefix_is_in_the_key_partition() {
-        let prefix = "/home/alice/";
-        let key = prefix_partition_key(prefix, 2).unwrap();
-        let p = partition_of(&key, 2, 16);
-        for path in ["/home/alice/a", "/home/alice/deep/er/b.txt", "/home/alice/alice"] {
-            assert_eq!(partition_of(&FilePath::parse(path).unwrap(), 2, 16), p, "{path}");
-        }
-    }
 }

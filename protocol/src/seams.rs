@@ -56,6 +56,10 @@ pub struct SubscriptionId(pub u64);
 /// file: it must not block (push into a bounded queue, drop a slow consumer).
 pub trait EventSink: Send + Sync {
     fn deliver(&self, event: &Arc<ChangeEvent>);
+    /// The bus may have missed events of this subscription (it lost its connection to the
+    /// broker and its history cannot bridge the gap): the subscriber must resynchronise from
+    /// the files themselves. Never called by a bus that cannot lose events.
+    fn lost(&self) {}
 }
 
 /// What the bus still knows of a file's recent changes.

@@ -140,12 +140,8 @@ fn stat(dir: &Path, raw: &str) -> anyhow::Result<ExitCode> {
     println!("size: {}", m.size);
     println!("mtime: {} ({} ms)", rfc3339(m.mtime_ms), m.mtime_ms);
     println!("author: {}", m.author);
-    println!("sha256: {}", hex(&m.hash));
+    println!("sha256: {}", m.hash_hex());
     Ok(ExitCode::SUCCESS)
-}
-
-fn hex(bytes: &[u8]) -> String {
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
 
 fn open_writer(config: &FerryConfig) -> anyhow::Result<Store> {
@@ -240,7 +236,7 @@ fn row<'a>(path: &'a FilePath, meta: &'a FileMeta) -> ExportRow<'a> {
         size: meta.size,
         mtime_ms: meta.mtime_ms,
         author: &meta.author,
-        sha256: hex(&meta.hash),
+        sha256: meta.hash_hex(),
         content: None,
         content_b64: None,
     }
@@ -320,27 +316,18 @@ fn verify(dir: &Path) -> anyhow::Result<ExitCode> {
     }
 }
 
-const PAGE_BYTES: u64 = ferry_file_server::tree::PAGE_SIZE as u64;
-
 fn stats(dir: &Path) -> anyhow::Result<ExitCode> {
-    let snap = snapshot(dir)?;
-    let (mut files, mut tombstones, mut bytes, mut garbage) = (0, 0, 0, 0);
+    let stats = snapshot(dir)?.stats();
     println!("partition  files  tombstones  tree_bytes  garbage_bytes  generation  txn");
-    for (p, s) in snap.partitions().iter().enumerate() {
-        let h = s.header();
-        let tree_bytes = h.end_page * PAGE_BYTES;
-        let garbage_bytes = h.garbage_pages * PAGE_BYTES;
+    for s in &stats.partitions {
         println!(
-            "{p:>9}  {:>5}  {:>10}  {tree_bytes:>10}  {garbage_bytes:>13}  {:>10}  {}",
-            h.live_entries, h.tombstones, h.generation, h.txn_id
+            "{:>9}  {:>5}  {:>10}  {:>10}  {:>13}  {:>10}  {}",
+            s.partition, s.files, s.tombstones, s.tree_bytes, s.garbage_bytes, s.generation, s.txn
         );
-        files += h.live_entries;
-        tombstones += h.tombstones;
-        bytes += tree_bytes;
-        garbage += garbage_bytes;
     }
     println!(
-        "files: {files}\ntombstones: {tombstones}\ntree bytes: {bytes}\ngarbage bytes: {garbage}"
+        "files: {}\ntombstones: {}\ntree bytes: {}\ngarbage bytes: {}",
+        stats.files, stats.tombstones, stats.tree_bytes, stats.garbage_bytes
     );
     Ok(ExitCode::SUCCESS)
 }

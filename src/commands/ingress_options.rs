@@ -5,7 +5,7 @@ use std::time::Duration;
 
 use anyhow::{bail, Context};
 use ferry_config::{AuthConfig, IngressConfig};
-use ferry_ingress::IngressOptions;
+use ferry_ingress::{Authenticator, IngressOptions};
 
 pub fn ingress_options(c: &IngressConfig) -> IngressOptions {
     IngressOptions {
@@ -51,4 +51,17 @@ pub fn auth_secret(c: &AuthConfig) -> anyhow::Result<Option<Vec<u8>>> {
         bail!("the auth secret is {} bytes long: at least {min} are needed", secret.len());
     }
     Ok(Some(secret))
+}
+
+/// Tokens signed with the configured secret; with none, an open server, allowed on loopback
+/// only.
+pub fn authenticator(listen: SocketAddr, c: &AuthConfig) -> anyhow::Result<Authenticator> {
+    Ok(match auth_secret(c)? {
+        Some(secret) => Authenticator::hs256(&secret),
+        None if listen.ip().is_loopback() => Authenticator::Open,
+        None => bail!(
+            "refusing to listen on {listen} without an auth secret: set auth.secret \
+             (FERRY_AUTH__SECRET) or auth.secret_file, or listen on a loopback address"
+        ),
+    })
 }

@@ -2,10 +2,15 @@
 
 pub mod bench;
 pub mod client;
+pub mod cluster_options;
 pub mod config;
+pub mod file_server;
 pub mod files;
+pub mod ingress_node;
 pub mod ingress_options;
 pub mod init;
 pub mod serve;
+pub mod signals;
 pub mod store_options;
 pub mod token;
+pub mod worker;

@@ -5,7 +5,7 @@ use std::net::SocketAddr;
 use std::process::ExitCode;
 use std::sync::Arc;
 
-use anyhow::{bail, Context};
+use anyhow::Context;
 use clap::Args;
 use ferry_config::FerryConfig;
 use ferry_file_server::store::MANIFEST_FILE;
@@ -18,7 +18,7 @@ use tokio::net::TcpListener;
 use tokio::signal::unix::{signal, SignalKind};
 use tokio_util::sync::CancellationToken;
 
-use super::ingress_options::{auth_secret, ingress_options, listen_addr};
+use super::ingress_options::{authenticator, ingress_options, listen_addr};
 use super::store_options::{init_options, store_options};
 
 #[derive(Args, Debug)]
@@ -33,14 +33,7 @@ pub fn run(config: &FerryConfig, args: &ServeArgs) -> anyhow::Result<ExitCode> {
         Some(addr) => addr,
         None => listen_addr(&config.ingress)?,
     };
-    let auth = match auth_secret(&config.auth)? {
-        Some(secret) => Authenticator::hs256(&secret),
-        None if listen.ip().is_loopback() => Authenticator::Open,
-        None => bail!(
-            "refusing to listen on {listen} without an auth secret: set auth.secret \
-             (FERRY_AUTH__SECRET) or auth.secret_file, or listen on a loopback address"
-        ),
-    };
+    let auth = authenticator(listen, &config.auth)?;
     let dir = &config.store.data_dir;
     if !dir.join(MANIFEST_FILE).exists() {
         Store::init(dir, init_options(&config.store))

@@ -1,0 +1,336 @@
+//! `PartitionConsumer`: the worker side of the instruction path for one partition.
+//!
+//! An async task consumes the partition's queue (its own channel: delivery tags are per
+//! channel) and hands each message's instructions to the partition's apply thread, which runs
+//! [`Worker::apply_batch`] over everything waiting (several messages share group commits). The
+//! worker answers only once the changes are in the WAL; the task then publishes the message's
+//! answers to the ingress's reply queue and acknowledges the message. A message is therefore
+//! acknowledged to RabbitMQ only after what it asked is durable; one that was delivered and not
+//! acknowledged when the process died is redelivered to the next owner and deduplicated by
+//! its idempotency keys.
+//!
+//! An unreadable message is rejected without requeue (dead-lettered at once). A message whose
+//! batch made the worker panic is returned with requeue: the queue's delivery limit sends it to
+//! the dead letters after a few attempts, so one poison message cannot stall its partition.
+//!
+//! [`PartitionConsumer::stop`] is the handover: cancel the consumer, let the apply thread
+//! finish what it was given, answer and acknowledge it, then close the channel, which returns
+//! anything delivered but not started to the queue, ahead of later messages.
+
+use std::panic::AssertUnwindSafe;
+use std::sync::Arc;
+use std::thread::JoinHandle;
+
+use crossbeam_channel::{Receiver, Sender};
+use ferry_instruction_worker::Worker;
+use ferry_protocol::{Answer, Instruction, ReplyTo};
+use futures_util::StreamExt;
+use lapin::options::{
+    BasicAckOptions, BasicCancelOptions, BasicConsumeOptions, BasicNackOptions,
+    BasicPublishOptions, BasicQosOptions, BasicRejectOptions,
+};
+use lapin::types::FieldTable;
+use lapin::{BasicProperties, Channel, Connection};
+use parking_lot::Mutex;
+use tokio::sync::mpsc;
+use tokio::task::JoinHandle as TaskHandle;
+use tokio_util::sync::CancellationToken;
+
+use crate::codec::{decode_instructions, encode_answers};
+use crate::topology::Topology;
+
+/// How a [`PartitionConsumer`] runs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ConsumerOptions {
+    /// Messages delivered and not yet acknowledged (default 64).
+    pub prefetch: u16,
+    /// Most instructions applied as one batch (default 2,048).
+    pub max_batch: usize,
+}
+
+impl Default for ConsumerOptions {
+    fn default() -> ConsumerOptions {
+        ConsumerOptions { prefetch: 64, max_batch: 2048 }
+    }
+}
+
+/// Why a partition could not be consumed.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum ConsumerError {
+    #[error("consuming partition {partition}: {source}")]
+    Broker {
+        partition: u32,
+        #[source]
+        source: lapin::Error,
+    },
+    #[error("starting the apply thread of partition {partition}: {source}")]
+    Spawn {
+        partition: u32,
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+/// One delivered message, for the apply thread.
+struct Job {
+    tag: u64,
+    reply_to: Option<String>,
+    instructions: Vec<Instruction>,
+}
+
+/// What the apply thread made of one message.
+enum Outcome {
+    Answered {
+        tag: u64,
+        reply_to: Option<String>,
+        answers: Vec<Answer>,
+    },
+    /// The worker panicked while applying the batch holding this message.
+    Failed {
+        tag: u64,
+    },
+}
+
+/// Consumes one partition's queue into a worker. See the module documentation.
+pub struct PartitionConsumer {
+    partition: u32,
+    cancel: CancellationToken,
+    task: TaskHandle<()>,
+}
+
+impl PartitionConsumer {
+    /// Starts consuming `partition` on a new channel of `connection`.
+    pub async fn start(
+        connection: &Connection,
+        topology: &Topology,
+        partition: u32,
+        worker: Arc<Worker>,
+        options: ConsumerOptions,
+    ) -> Result<PartitionConsumer, ConsumerError> {
+        let broker = |source| ConsumerError::Broker { partition, source };
+        let channel = connection.create_channel().await.map_err(broker)?;
+        channel.basic_qos(options.prefetch, BasicQosOptions::default()).await.map_err(broker)?;
+        let tag = format!("ferry-worker-{}-p{partition:03}", std::process::id());
+        let consumer = channel
+            .basic_consume(
+                topology.partition_queue(partition).into(),
+                tag.as_str().into(),
+                BasicConsumeOptions::default(),
+                FieldTable::default(),
+            )
+            .await
+            .map_err(broker)?;
+        let (jobs_tx, jobs_rx) = crossbeam_channel::unbounded::<Job>();
+        let (done_tx, done_rx) = mpsc::unbounded_channel::<Outcome>();
+        let max_batch = options.max_batch.max(1);
+        let thread = std::thread::Builder::new()
+            .name(format!("ferry-apply-p{partition:03}"))
+            .spawn(move || apply_loop(&worker, &jobs_rx, &done_tx, max_batch))
+            .map_err(|source| ConsumerError::Spawn { partition, source })?;
+        let cancel = CancellationToken::new();
+        let task = tokio::spawn(consume(
+            partition,
+            channel,
+            consumer,
+            tag,
+            jobs_tx,
+            done_rx,
+            thread,
+            cancel.clone(),
+        ));
+        Ok(PartitionConsumer { partition, cancel, task })
+    }
+
+    pub fn partition(&self) -> u32 {
+        self.partition
+    }
+
+    /// Whether consuming ended by itself (the channel or connection failed): the owner should
+    /// release the partition and take it again.
+    pub fn has_ended(&self) -> bool {
+        self.task.is_finished()
+    }
+
+    /// Hands the partition back: see the module documentation. Returns once everything given
+    /// to the worker is answered and acknowledged (or the channel is gone).
+    pub async fn stop(self) {
+        self.cancel.cancel();
+        if let Err(e) = self.task.await {
+            tracing::error!(partition = self.partition, error = %e, "partition consumer task failed");
+        }
+    }
+}
+
+fn apply_loop(
+    worker: &Worker,
+    jobs: &Receiver<Job>,
+    done: &mpsc::UnboundedSender<Outcome>,
+    max_batch: usize,
+) {
+    while let Ok(first) = jobs.recv() {
+        let mut batch = vec![first];
+        let mut count = batch[0].instructions.len();
+        while count < max_batch {
+            match jobs.try_recv() {
+                Ok(job) => {
+                    count += job.instructions.len();
+                    batch.push(job);
+                }
+                Err(_) => break,
+            }
+        }
+        // `apply_batch` answers every instruction before it returns, in order.
+        let answers: Arc<Mutex<Vec<Answer>>> = Arc::new(Mutex::new(Vec::with_capacity(count)));
+        let mut items: Vec<(Instruction, ReplyTo)> = Vec::with_capacity(count);
+        let mut shapes = Vec::with_capacity(batch.len());
+        for job in batch {
+            shapes.push((job.tag, job.reply_to, job.instructions.len()));
+            for instruction in job.instructions {
+                let answers = answers.clone();
+                items.push((instruction, Box::new(move |a| answers.lock().push(a))));
+            }
+        }
+        let applied = std::panic::catch_unwind(AssertUnwindSafe(|| worker.apply_batch(items)));
+        let mut answers = std::mem::take(&mut *answers.lock()).into_iter();
+        for (tag, reply_to, n) in shapes {
+            let outcome = if applied.is_ok() {
+                Outcome::Answered { tag, reply_to, answers: answers.by_ref().take(n).collect() }
+            } else {
+                Outcome::Failed { tag }
+            };
+            if done.send(outcome).is_err() {
+                return;
+            }
+        }
+        if applied.is_err() {
+            tracing::error!(
+                "the worker panicked applying a batch: its messages go back to the queue"
+            );
+        }
+    }
+}
+
+#[allow(clippy::too_many_arguments)]
+async fn consume(
+    partition: u32,
+    channel: Channel,
+    mut consumer: lapin::Consumer,
+    tag: String,
+    jobs: Sender<Job>,
+    mut done: mpsc::UnboundedReceiver<Outcome>,
+    thread: JoinHandle<()>,
+    cancel: CancellationToken,
+) {
+    let mut acks = Acks::default();
+    let mut jobs = Some(jobs);
+    let mut consuming = true;
+    loop {
+        tokio::select! {
+            _ = cancel.cancelled(), if consuming => {
+                consuming = false;
+                if let Err(e) = channel.basic_cancel(tag.as_str().into(), BasicCancelOptions::default()).await {
+                    tracing::warn!(partition, error = %e, "cancelling the consumer");
+                }
+                // The apply thread ends once it has applied what it holds.
+                jobs = None;
+            }
+            delivery = consumer.next(), if consuming => {
+                match delivery {
+                    Some(Ok(delivery)) => {
+                        let tag = delivery.delivery_tag;
+                        match decode_instructions(&delivery.data) {
+                            Ok(instructions) => {
+                                let reply_to = delivery.properties.reply_to().as_ref().map(|q| q.to_string());
+                                if let Some(jobs) = &jobs {
+                                    let _ = jobs.send(Job { tag, reply_to, instructions });
+                                }
+                            }
+                            Err(e) => {
+                                tracing::error!(partition, error = %e, "unreadable instruction message: dead-lettered");
+                                acks.flush(&channel).await;
+                                let _ = channel.basic_reject(tag, BasicRejectOptions { requeue: false }).await;
+                            }
+                        }
+                    }
+                    Some(Err(e)) => {
+                        tracing::warn!(partition, error = %e, "partition consumer failed");
+                        consuming = false;
+                        jobs = None;
+                    }
+                    None => {
+                        consuming = false;
+                        jobs = None;
+                    }
+                }
+            }
+            outcome = done.recv() => {
+                let Some(outcome) = outcome else { break };
+                handle(&channel, &mut acks, outcome).await;
+                while let Ok(outcome) = done.try_recv() {
+                    handle(&channel, &mut acks, outcome).await;
+                }
+                acks.flush(&channel).await;
+            }
+        }
+    }
+    acks.flush(&channel).await;
+    drop(jobs);
+    if thread.join().is_err() {
+        tracing::error!(partition, "the apply thread panicked");
+    }
+    // Whatever was delivered and not acknowledged goes back to the queue.
+    let _ = channel.close(200, "partition released".into()).await;
+}
+
+/// Acknowledgements waiting to be sent as one `multiple` ack.
+#[derive(Default)]
+struct Acks {
+    upto: Option<u64>,
+}
+
+impl Acks {
+    async fn flush(&mut self, channel: &Channel) {
+        if let Some(tag) = self.upto.take() {
+            if let Err(e) = channel.basic_ack(tag, BasicAckOptions { multiple: true }).await {
+                tracing::warn!(error = %e, "acknowledging instruction messages");
+            }
+        }
+    }
+}
+
+async fn handle(channel: &Channel, acks: &mut Acks, outcome: Outcome) {
+    match outcome {
+        Outcome::Answered { tag, reply_to, answers } => {
+            if let Some(queue) = reply_to {
+                match encode_answers(&answers) {
+                    Ok(body) => {
+                        // Not confirmed: a lost answer times out at the ingress, and the
+                        // idempotency key makes the client's retry safe.
+                        let sent = channel
+                            .basic_publish(
+                                "".into(),
+                                queue.as_str().into(),
+                                BasicPublishOptions::default(),
+                                &body,
+                                BasicProperties::default(),
+                            )
+                            .await;
+                        if let Err(e) = sent {
+                            tracing::warn!(error = %e, "sending answers");
+                        }
+                    }
+                    Err(e) => tracing::error!(error = %e, "encoding answers"),
+                }
+            }
+            acks.upto = Some(tag);
+        }
+        Outcome::Failed { tag } => {
+            acks.flush(channel).await;
+            let options = BasicNackOptions { multiple: false, requeue: true };
+            if let Err(e) = channel.basic_nack(tag, options).await {
+                tracing::warn!(error = %e, "returning a failed instruction message");
+            }
+        }
+    }
+}

@@ -1,0 +1,253 @@
+//! End to end through the distributed mode: `ferry worker` and `ferry ingress` processes on the
+//! machine's RabbitMQ and Redis, each test in its own namespace (queues, exchanges and keys
+//! deleted at the end), real WebSocket clients.
+
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::time::{Duration, Instant};
+
+use ferry_cluster::topology::{QueueLimits, Topology};
+use ferry_ingress::client::{Client, ClientError};
+use serde_json::json;
+
+const AMQP_URL: &str = "amqp://guest:guest@127.0.0.1:5672/%2f";
+const REDIS_URL: &str = "redis://127.0.0.1:6379/";
+const TIMEOUT: Duration = Duration::from_secs(30);
+/// `ferry init`'s default.
+const PARTITIONS: u32 = 16;
+
+/// A namespace of our own on the shared brokers, removed on drop.
+struct Cluster {
+    dir: PathBuf,
+    namespace: String,
+    processes: Vec<Process>,
+}
+
+struct Process {
+    name: String,
+    child: Child,
+    url: Option<String>,
+}
+
+impl Drop for Process {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Cluster {
+    fn new(dir: &Path) -> Cluster {
+        static NEXT: AtomicU32 = AtomicU32::new(0);
+        let namespace = format!("t{}x{}", std::process::id(), NEXT.fetch_add(1, Ordering::Relaxed));
+        let cluster = Cluster { dir: dir.to_owned(), namespace, processes: Vec::new() };
+        let out = cluster.ferry().arg("init").output().unwrap();
+        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        cluster
+    }
+
+    fn ferry(&self) -> Command {
+        let mut command = Command::new(env!("CARGO_BIN_EXE_ferry"));
+        command
+            .env_remove("FERRY_CONFIG")
+            .env_remove("FERRY_AUTH__SECRET")
+            .env("FERRY_CLUSTER__NAMESPACE", &self.namespace)
+            .env("FERRY_CLUSTER__BROKER_URL", AMQP_URL)
+            .env("FERRY_CLUSTER__BUS_URL", REDIS_URL)
+            .arg("--data")
+            .arg(self.dir.join("data"))
+            .arg("--set")
+            .arg(format!("logger.directory={:?}", self.dir.join("logs").display().to_string()));
+        command
+    }
+
+    /// Starts a process and waits for its first line on stdout.
+    fn spawn(&mut self, name: &str, args: &[&str]) -> usize {
+        let mut child = self
+            .ferry()
+            .args(args)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap_or_else(|e| panic!("starting {name}: {e}"));
+        let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
+        let first = lines.next().unwrap_or_else(|| panic!("{name} printed nothing")).unwrap();
+        let url = first.split_whitespace().find(|w| w.starts_with("ws://")).map(str::to_owned);
+        std::thread::spawn(move || lines.for_each(drop));
+        self.processes.push(Process { name: name.to_owned(), child, url });
+        self.processes.len() - 1
+    }
+
+    fn worker(&mut self, id: &str) -> usize {
+        self.spawn(id, &["worker", "--id", id])
+    }
+
+    fn ingress(&mut self, id: &str) -> String {
+        let i = self.spawn(id, &["ingress", "--id", id, "--listen", "127.0.0.1:0"]);
+        self.processes[i].url.clone().expect("the ingress printed its URL")
+    }
+
+    fn kill(&mut self, index: usize) {
+        let p = &mut self.processes[index];
+        p.child.kill().unwrap_or_else(|e| panic!("killing {}: {e}", p.name));
+        p.child.wait().unwrap();
+    }
+}
+
+impl Drop for Cluster {
+    fn drop(&mut self) {
+        self.processes.clear();
+        let namespace = self.namespace.clone();
+        let cleanup = std::thread::spawn(move || {
+            let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build();
+            runtime.unwrap().block_on(async {
+                if let Ok(connection) =
+                    lapin::Connection::connect(AMQP_URL, Default::default()).await
+                {
+                    if let Ok(channel) = connection.create_channel().await {
+                        let topology =
+                            Topology::new(&namespace, PARTITIONS, QueueLimits::default());
+                        let _ = topology.delete(&channel).await;
+                    }
+                }
+                if let Ok(client) = redis::Client::open(REDIS_URL) {
+                    if let Ok(mut conn) = client.get_multiplexed_async_connection().await {
+                        let keys: Vec<String> = redis::cmd("KEYS")
+                            .arg(format!("{namespace}:*"))
+                            .query_async(&mut conn)
+                            .await
+                            .unwrap_or_default();
+                        if !keys.is_empty() {
+                            let _: redis::RedisResult<()> =
+                                redis::cmd("DEL").arg(keys).query_async(&mut conn).await;
+                        }
+                    }
+                }
+            });
+        });
+        let _ = cleanup.join();
+    }
+}
+
+async fn within<T>(future: impl std::future::Future<Output = T>) -> T {
+    tokio::time::timeout(TIMEOUT, future).await.expect("timed out")
+}
+
+/// Appends with an idempotency key, retrying what the protocol says may be retried, until
+/// acknowledged; returns the revision.
+async fn append_until_acked(client: &Client, path: &str, content: &str, key: &str) -> u64 {
+    let deadline = Instant::now() + TIMEOUT;
+    loop {
+        let request = json!({"op": "append", "path": path, "content": content, "key": key});
+        match client.call(request).await {
+            Ok(answer) => return answer["rev"].as_u64().expect("a write answers its revision"),
+            Err(ClientError::Server { code, .. }) if code == "unavailable" || code == "busy" => {}
+            Err(e) => panic!("append {key} to {path}: {e}"),
+        }
+        assert!(Instant::now() < deadline, "append {key} to {path} never acknowledged");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn clients_on_two_ingress_nodes_share_files_applied_by_two_workers() {
+    let tmp = tempfile::tempdir().unwrap();
+    let mut cluster = Cluster::new(tmp.path());
+    cluster.worker("w1");
+    cluster.worker("w2");
+    let url1 = cluster.ingress("i1");
+    let url2 = cluster.ingress("i2");
+
+    let writer = within(Client::connect(&url1, None)).await.unwrap();
+    let mut near = within(Client::connect(&url1, None)).await.unwrap();
+    let mut far = within(Client::connect(&url2, None)).await.unwrap();
+    let path = "/home/alice/notes.txt";
+    assert_eq!(within(near.sub(path, None)).await.unwrap(), 0);
+    assert_eq!(within(far.sub(path, None)).await.unwrap(), 0);
+    for i in 1..=30u64 {
+        assert_eq!(within(writer.append(path, &format!("{i};"))).await.unwrap(), i);
+    }
+    for watcher in [&mut near, &mut far] {
+        for i in 1..=30u64 {
+            let event = within(watcher.next_event()).await.unwrap();
+            assert_eq!(event.rev, i);
+            assert_eq!(event.raw["content"].as_str(), Some(format!("{i};").as_str()));
+        }
+    }
+    // Files of many partitions, read back through the other node, and listed across partitions.
+    for user in 0..20 {
+        within(writer.put(&format!("/home/u{user}/f"), &format!("user {user}"))).await.unwrap();
+    }
+    let reader = within(Client::connect(&url2, None)).await.unwrap();
+    for user in 0..20 {
+        let file = within(reader.get(&format!("/home/u{user}/f"))).await.unwrap();
+        assert_eq!(file["content"].as_str(), Some(format!("user {user}").as_str()));
+    }
+    let listing = within(reader.call(json!({"op": "list", "prefix": "/home/", "limit": 1000})))
+        .await
+        .unwrap();
+    let entries = listing["entries"].as_array().unwrap();
+    assert_eq!(entries.len(), 21, "{listing}");
+    let paths: Vec<&str> = entries.iter().map(|e| e["path"].as_str().unwrap()).collect();
+    assert!(paths.windows(2).all(|w| w[0] < w[1]), "listing in path order: {paths:?}");
+    // A retried write with the same key is applied once, whichever node it comes through.
+    let keyed = json!({"op": "append", "path": "/home/bob/k", "content": "once", "key": "k-1"});
+    let first = within(writer.call(keyed.clone())).await.unwrap();
+    let again = within(reader.call(keyed)).await;
+    // Different connections are the same subject here (open server: "anonymous").
+    assert_eq!(again.unwrap()["rev"], first["rev"]);
+    assert_eq!(within(reader.get("/home/bob/k")).await.unwrap()["content"], "once");
+    // A conflict is answered by the worker through the reply route.
+    let conflict =
+        within(reader.call(json!({"op": "put", "path": path, "content": "x", "if_rev": 3})))
+            .await
+            .unwrap_err();
+    assert_eq!(conflict.code(), Some("conflict"), "{conflict}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_worker_killed_under_load_loses_nothing_and_applies_nothing_twice() {
+    let tmp = tempfile::tempdir().unwrap();
+    let mut cluster = Cluster::new(tmp.path());
+    let w1 = cluster.worker("w1");
+    cluster.worker("w2");
+    let url = cluster.ingress("i1");
+    // Files spread over the partitions, so that the killed worker owned some of them.
+    let files: Vec<String> = (0..8).map(|f| format!("/home/f{f}/log")).collect();
+    let writes_per_file = 60usize;
+    let mut tasks = Vec::new();
+    let started = Instant::now();
+    for (f, path) in files.iter().enumerate() {
+        let client = within(Client::connect(&url, None)).await.unwrap();
+        let path = path.clone();
+        tasks.push(tokio::spawn(async move {
+            let mut slowest = Duration::ZERO;
+            for i in 0..writes_per_file {
+                let t = Instant::now();
+                let rev =
+                    append_until_acked(&client, &path, &format!("{i};"), &format!("{f}-{i}")).await;
+                assert_eq!(rev, i as u64 + 1, "{path}: write {i} got revision {rev}");
+                slowest = slowest.max(t.elapsed());
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+            slowest
+        }));
+    }
+    tokio::time::sleep(Duration::from_millis(400)).await;
+    cluster.kill(w1);
+    let killed_at = started.elapsed();
+    let mut slowest = Duration::ZERO;
+    for task in tasks {
+        slowest = slowest.max(within(task).await.unwrap());
+    }
+    eprintln!("worker killed at {killed_at:?}; slowest acknowledgement {slowest:?}");
+    let reader = within(Client::connect(&url, None)).await.unwrap();
+    let expected: String = (0..writes_per_file).map(|i| format!("{i};")).collect();
+    for path in &files {
+        let file = within(reader.get(path)).await.unwrap();
+        assert_eq!(file["content"].as_str(), Some(expected.as_str()), "{path}");
+        assert_eq!(file["rev"].as_u64(), Some(writes_per_file as u64), "{path}");
+    }
+}
