@@ -131,6 +131,16 @@ impl Drop for Cluster {
     }
 }
 
+/// Waits until `count` acknowledged writes were made (the load is under way).
+async fn acked_at_least(acked: &AtomicU32, count: u32) {
+    within(async {
+        while acked.load(Ordering::Relaxed) < count {
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+    })
+    .await
+}
+
 async fn within<T>(future: impl std::future::Future<Output = T>) -> T {
     tokio::time::timeout(TIMEOUT, future).await.expect("timed out")
 }
@@ -219,9 +229,11 @@ async fn a_worker_killed_under_load_loses_nothing_and_applies_nothing_twice() {
     let writes_per_file = 60usize;
     let mut tasks = Vec::new();
     let started = Instant::now();
+    let acked = std::sync::Arc::new(AtomicU32::new(0));
     for (f, path) in files.iter().enumerate() {
         let client = within(Client::connect(&url, None)).await.unwrap();
         let path = path.clone();
+        let acked = acked.clone();
         tasks.push(tokio::spawn(async move {
             let mut slowest = Duration::ZERO;
             for i in 0..writes_per_file {
@@ -229,13 +241,14 @@ async fn a_worker_killed_under_load_loses_nothing_and_applies_nothing_twice() {
                 let rev =
                     append_until_acked(&client, &path, &format!("{i};"), &format!("{f}-{i}")).await;
                 assert_eq!(rev, i as u64 + 1, "{path}: write {i} got revision {rev}");
+                acked.fetch_add(1, Ordering::Relaxed);
                 slowest = slowest.max(t.elapsed());
                 tokio::time::sleep(Duration::from_millis(10)).await;
             }
             slowest
         }));
     }
-    tokio::time::sleep(Duration::from_millis(400)).await;
+    acked_at_least(&acked, 40).await;
     cluster.kill(w1);
     let killed_at = started.elapsed();
     let mut slowest = Duration::ZERO;
@@ -250,4 +263,86 @@ async fn a_worker_killed_under_load_loses_nothing_and_applies_nothing_twice() {
         assert_eq!(file["content"].as_str(), Some(expected.as_str()), "{path}");
         assert_eq!(file["rev"].as_u64(), Some(writes_per_file as u64), "{path}");
     }
+}
+
+/// Runs `scripts/scale.sh` (or `cluster.sh`) for this cluster.
+fn script(dir: &Path, namespace: &str, name: &str, args: &[&str]) -> String {
+    let out = Command::new(format!("{}/scripts/{name}", env!("CARGO_MANIFEST_DIR")))
+        .args(args)
+        .env("FERRY_BIN", env!("CARGO_BIN_EXE_ferry"))
+        .env("FERRY_CLUSTER_DIR", dir)
+        .env("FERRY_CLUSTER__NAMESPACE", namespace)
+        .env("FERRY_CLUSTER__BROKER_URL", AMQP_URL)
+        .env("FERRY_CLUSTER__BUS_URL", REDIS_URL)
+        .env("FERRY_INGRESS_BASE_PORT", free_port().to_string())
+        .env_remove("FERRY_CONFIG")
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(
+        out.status.success(),
+        "{name} {args:?}: {stdout}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    stdout
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn scaling_workers_one_three_one_under_load_loses_nothing() {
+    let tmp = tempfile::tempdir().unwrap();
+    let cluster = Cluster::new(tmp.path());
+    let (dir, namespace) = (cluster.dir.clone(), cluster.namespace.clone());
+    let up = script(&dir, &namespace, "cluster.sh", &["up", "1", "1"]);
+    let url = up
+        .split_whitespace()
+        .find(|w| w.starts_with("ws://"))
+        .expect("cluster.sh up printed the ingress URL")
+        .to_owned();
+    let files: Vec<String> = (0..8).map(|f| format!("/home/s{f}/log")).collect();
+    let writes_per_file = 250usize;
+    let mut tasks = Vec::new();
+    let acked = std::sync::Arc::new(AtomicU32::new(0));
+    for (f, path) in files.iter().enumerate() {
+        let client = within(Client::connect(&url, None)).await.unwrap();
+        let path = path.clone();
+        let acked = acked.clone();
+        tasks.push(tokio::spawn(async move {
+            for i in 0..writes_per_file {
+                let content = format!("{i};");
+                let rev = append_until_acked(&client, &path, &content, &format!("{f}-{i}")).await;
+                assert_eq!(rev, i as u64 + 1, "{path}: write {i} got revision {rev}");
+                acked.fetch_add(1, Ordering::Relaxed);
+                tokio::time::sleep(Duration::from_millis(15)).await;
+            }
+        }));
+    }
+    // Scale while the writers run: the scripts return once the processes started or stopped.
+    let scale = |workers: &'static str| {
+        let (dir, namespace) = (dir.clone(), namespace.clone());
+        tokio::task::spawn_blocking(move || {
+            script(&dir, &namespace, "scale.sh", &["worker", workers])
+        })
+    };
+    acked_at_least(&acked, 40).await;
+    let up = within(scale("3")).await.unwrap();
+    let at = acked.load(Ordering::Relaxed);
+    acked_at_least(&acked, at + 100).await;
+    let down = within(scale("1")).await.unwrap();
+    assert!(acked.load(Ordering::Relaxed) < 8 * writes_per_file as u32, "the load ended too soon");
+    assert_eq!(up.matches("started worker").count(), 2, "{up}");
+    assert_eq!(down.matches("stopped worker").count(), 2, "{down}");
+    for task in tasks {
+        within(task).await.unwrap();
+    }
+    let reader = within(Client::connect(&url, None)).await.unwrap();
+    let expected: String = (0..writes_per_file).map(|i| format!("{i};")).collect();
+    for path in &files {
+        let file = within(reader.get(path)).await.unwrap();
+        assert_eq!(file["content"].as_str(), Some(expected.as_str()), "{path}");
+    }
+    script(&dir, &namespace, "cluster.sh", &["down"]);
 }
