@@ -58,9 +58,13 @@ start() {
   local kind=$1 i log pid line
   i=$(free_index "$kind")
   log="$RUN/$kind-$i.log"
+  # Not through the `ferry` function: $! must be the process itself, not a subshell.
   case $kind in
-    worker) ferry worker --id "worker-$i" >"$log" 2>&1 & ;;
-    ingress) ferry ingress --id "ingress-$i" --listen "127.0.0.1:$((BASE_PORT + i - 1))" >"$log" 2>&1 & ;;
+    worker) "$BIN" --data "$DIR/data" worker --id "worker-$i" >"$log" 2>&1 & ;;
+    ingress)
+      "$BIN" --data "$DIR/data" ingress --id "ingress-$i" \
+        --listen "127.0.0.1:$((BASE_PORT + i - 1))" >"$log" 2>&1 &
+      ;;
   esac
   pid=$!
   echo "$pid" >"$RUN/$kind-$i.pid"

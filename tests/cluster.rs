@@ -99,6 +99,14 @@ impl Cluster {
 impl Drop for Cluster {
     fn drop(&mut self) {
         self.processes.clear();
+        // Processes that scripts/scale.sh started (a failed test never reached its `down`).
+        for entry in std::fs::read_dir(self.dir.join("run")).into_iter().flatten().flatten() {
+            let pid =
+                std::fs::read_to_string(entry.path()).ok().and_then(|s| s.trim().parse().ok());
+            if let (Some(pid), true) = (pid, entry.path().extension().is_some_and(|e| e == "pid")) {
+                unsafe { libc::kill(pid, libc::SIGKILL) };
+            }
+        }
         let namespace = self.namespace.clone();
         let cleanup = std::thread::spawn(move || {
             let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build();
