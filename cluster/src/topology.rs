@@ -86,6 +86,12 @@ impl Topology {
             "x-delivery-limit".into(),
             AMQPValue::LongLongInt(i64::from(self.limits.delivery_limit)),
         );
+        // At-least-once dead-lettering (3.10+, needs `reject-publish`): a poison message is
+        // not lost on its way to the dead letters.
+        args.insert(
+            "x-dead-letter-strategy".into(),
+            AMQPValue::LongString(LongString::from("at-least-once")),
+        );
         args.insert(
             "x-dead-letter-exchange".into(),
             AMQPValue::LongString(LongString::from(self.dead_letters())),
