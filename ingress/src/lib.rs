@@ -20,6 +20,7 @@
 //! | no complete request head within `handshake_timeout` | the TCP connection is dropped |
 //! | a frame or message over `max_frame_bytes` | close 1009 "frame too large" |
 //! | the send queue (`send_queue` frames) full | close 4008 "slow consumer" |
+//! | changes of a watched topic lost (by the bus, or the node's fan-out fell behind) | close 4009 "changes lost: resubscribe with since_rev" |
 //! | nothing received for `idle_timeout` (pings every `ping_interval`) | close 1001 "idle timeout" |
 //! | the server stops | in-flight requests answered, then close 1001 "server shutting down" |
 //! | a WebSocket protocol violation | close 1002 "protocol error" |
@@ -42,7 +43,8 @@ use std::time::Duration;
 
 pub use auth::{issue_token, AuthError, Authenticator, Claims, Identity};
 pub use outbox::{
-    CloseReason, CLOSE_IDLE, CLOSE_PROTOCOL, CLOSE_SHUTDOWN, CLOSE_SLOW_CONSUMER, CLOSE_TOO_LARGE,
+    CloseReason, CLOSE_CHANGES_LOST, CLOSE_IDLE, CLOSE_PROTOCOL, CLOSE_SHUTDOWN,
+    CLOSE_SLOW_CONSUMER, CLOSE_TOO_LARGE,
 };
 pub use server::{ws_url, Ingress, IngressStats};
 

@@ -21,6 +21,11 @@ pub struct CloseReason {
 pub const CLOSE_TOO_LARGE: CloseReason = CloseReason { code: 1009, reason: "frame too large" };
 /// The connection's send queue filled up.
 pub const CLOSE_SLOW_CONSUMER: CloseReason = CloseReason { code: 4008, reason: "slow consumer" };
+/// Changes of a watched topic may not have reached this connection: the change bus lost them
+/// (e.g. a broker reconnect its history cannot bridge), or the node's fan-out of the topic fell
+/// too far behind. The client resubscribes with `since_rev`.
+pub const CLOSE_CHANGES_LOST: CloseReason =
+    CloseReason { code: 4009, reason: "changes lost: resubscribe with since_rev" };
 /// Nothing received (not even a pong) for `ingress.idle_timeout_ms`.
 pub const CLOSE_IDLE: CloseReason = CloseReason { code: 1001, reason: "idle timeout" };
 /// The server is stopping.

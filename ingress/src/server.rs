@@ -45,6 +45,7 @@ pub(crate) struct Shared {
     pub(crate) key_prefix: String,
     connections: AtomicUsize,
     slow_consumers: AtomicU64,
+    changes_lost: AtomicU64,
     next_connection: AtomicU64,
     next_instruction: AtomicU64,
     tracker: TaskTracker,
@@ -53,6 +54,10 @@ pub(crate) struct Shared {
 impl Shared {
     pub(crate) fn count_slow_consumer(&self) {
         self.slow_consumers.fetch_add(1, Ordering::Relaxed);
+    }
+
+    pub(crate) fn count_changes_lost(&self) {
+        self.changes_lost.fetch_add(1, Ordering::Relaxed);
     }
 
     pub(crate) fn next_instruction_id(&self) -> u64 {
@@ -78,6 +83,8 @@ pub struct IngressStats {
     pub bus_topics: usize,
     /// Connections closed with 4008 "slow consumer" so far.
     pub slow_consumers_closed: u64,
+    /// Connections closed with 4009 "changes lost" so far.
+    pub changes_lost_closed: u64,
 }
 
 /// A WebSocket ingress node. See the crate documentation.
@@ -96,18 +103,20 @@ impl Ingress {
     ) -> Ingress {
         let started = SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_micros());
         let node_tag = format!("{:x}-{:x}", started % (1 << 40), std::process::id());
+        let send_queue = options.send_queue;
         Ingress {
             shared: Arc::new(Shared {
                 options,
                 auth,
                 queue,
-                fanout: Fanout::new(bus.clone()),
+                fanout: Fanout::new(bus.clone(), send_queue),
                 bus,
                 shutdown: CancellationToken::new(),
                 key_prefix: "ferry".to_owned(),
                 node_tag,
                 connections: AtomicUsize::new(0),
                 slow_consumers: AtomicU64::new(0),
+                changes_lost: AtomicU64::new(0),
                 next_connection: AtomicU64::new(1),
                 next_instruction: AtomicU64::new(1),
                 tracker: TaskTracker::new(),
@@ -121,6 +130,7 @@ impl Ingress {
             connections: self.shared.connections.load(Ordering::Acquire),
             bus_topics: self.shared.fanout.topic_count(),
             slow_consumers_closed: self.shared.slow_consumers.load(Ordering::Relaxed),
+            changes_lost_closed: self.shared.changes_lost.load(Ordering::Relaxed),
         }
     }
 

@@ -19,7 +19,8 @@ use tokio::time::{timeout, timeout_at};
 
 use crate::auth::Identity;
 use crate::outbox::{
-    Outbox, CLOSE_IDLE, CLOSE_PROTOCOL, CLOSE_SHUTDOWN, CLOSE_SLOW_CONSUMER, CLOSE_TOO_LARGE,
+    Outbox, CLOSE_CHANGES_LOST, CLOSE_IDLE, CLOSE_PROTOCOL, CLOSE_SHUTDOWN, CLOSE_SLOW_CONSUMER,
+    CLOSE_TOO_LARGE,
 };
 use crate::rate::RequestRate;
 use crate::server::{ConnectionSlot, Shared};
@@ -65,8 +66,10 @@ pub(crate) async fn run(
     tracing::debug!(client = %session.client_id, subject = %session.identity.subject, "connected");
     session.load_working_set();
     session.read_loop(&mut stream).await;
-    if session.outbox.close_reason() == Some(CLOSE_SLOW_CONSUMER) {
-        session.shared.count_slow_consumer();
+    match session.outbox.close_reason() {
+        Some(CLOSE_SLOW_CONSUMER) => session.shared.count_slow_consumer(),
+        Some(CLOSE_CHANGES_LOST) => session.shared.count_changes_lost(),
+        _ => {}
     }
     session.unwatch_all().await;
     let _ = writer.await;
@@ -407,9 +410,13 @@ impl Session {
             Err(e) if e.code == ErrorCode::NotFound => 0,
             Err(e) => return Err(e),
         };
-        // Live events from the subscription on are all sent, even those the stat already saw.
-        watch
-            .go_live_after(0, vec![ok_json(id, &AnswerBody::Subscribed { rev: Some(rev) }).into()]);
+        // The answer promises the changes after `rev`: an event the stat already saw (published
+        // between the watch and the stat, or queued in the fan-out before the watch) is not
+        // sent, every later one is (the watch existed before the stat read the file).
+        watch.go_live_after(
+            rev,
+            vec![ok_json(id, &AnswerBody::Subscribed { rev: Some(rev) }).into()],
+        );
         Ok(())
     }
 

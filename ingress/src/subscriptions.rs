@@ -1,5 +1,6 @@
 //! Watching files: one bus subscription per topic for the whole node (made for the first local
-//! watcher, dropped after the last), fanned out to each watching connection's [`Watch`].
+//! watcher, dropped after the last), fanned out to each watching connection's [`Watch`] by the
+//! topic's [`TopicSink`](topic_sink::TopicSink), off the publisher's thread.
 //!
 //! A watch starts buffering: while the connection reads the bus's history (or a snapshot), live
 //! events pile up in the watch; [`Watch::go_live`] then sends the answer, the history and the
@@ -7,18 +8,25 @@
 //! Per file and watch every revision is sent once and in order: a path watch drops any event at
 //! or below the last revision it sent.
 
+mod topic_sink;
+
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, PoisonError, RwLock};
+use std::sync::{Arc, Mutex, PoisonError};
 
 use axum::extract::ws::Utf8Bytes;
-use ferry_protocol::{change_event_json, ChangeBus, ChangeEvent, EventSink, SubscriptionId, Topic};
+use ferry_protocol::{change_event_json, ChangeBus, ChangeEvent, SubscriptionId, Topic};
+use tokio::runtime::Handle;
 
 use crate::outbox::{Outbox, CLOSE_SLOW_CONSUMER};
+use topic_sink::TopicSink;
 
 /// The node's subscriptions, by topic.
 pub(crate) struct Fanout {
     bus: Arc<dyn ChangeBus>,
+    /// Events a topic's fan-out may be behind (per shard): as many as a connection's send
+    /// queue holds, since a watcher further behind than that is closed anyway.
+    queue_capacity: usize,
     topics: Mutex<HashMap<Topic, TopicEntry>>,
     next_watch: AtomicU64,
 }
@@ -28,32 +36,19 @@ struct TopicEntry {
     sink: Arc<TopicSink>,
 }
 
-/// The bus's sink for one topic: every local watch of it.
-struct TopicSink {
-    watches: RwLock<Vec<Arc<Watch>>>,
-}
-
-impl EventSink for TopicSink {
-    fn deliver(&self, event: &Arc<ChangeEvent>) {
-        let watches = self.watches.read().unwrap_or_else(PoisonError::into_inner);
-        if watches.is_empty() {
-            return;
-        }
-        // One serialization per event and topic, shared by every connection.
-        let text = Utf8Bytes::from(change_event_json(event));
-        for watch in watches.iter() {
-            watch.deliver(event, &text);
-        }
-    }
-}
-
 impl Fanout {
-    pub(crate) fn new(bus: Arc<dyn ChangeBus>) -> Fanout {
-        Fanout { bus, topics: Mutex::new(HashMap::new()), next_watch: AtomicU64::new(1) }
+    pub(crate) fn new(bus: Arc<dyn ChangeBus>, queue_capacity: usize) -> Fanout {
+        Fanout {
+            bus,
+            queue_capacity,
+            topics: Mutex::new(HashMap::new()),
+            next_watch: AtomicU64::new(1),
+        }
     }
 
     /// Adds a buffering watch of `topic` for a connection, subscribing the node to the bus if
-    /// it is the topic's first. May block on the bus: call it off the async threads.
+    /// it is the topic's first. May block on the bus: call it off the async threads, but
+    /// inside the runtime (`spawn_blocking`), whose worker threads run the fan-out.
     pub(crate) fn watch(
         &self,
         topic: &Topic,
@@ -69,14 +64,10 @@ impl Fanout {
         });
         let mut topics = self.topics.lock().unwrap_or_else(PoisonError::into_inner);
         match topics.get(topic) {
-            Some(entry) => entry
-                .sink
-                .watches
-                .write()
-                .unwrap_or_else(PoisonError::into_inner)
-                .push(watch.clone()),
+            Some(entry) => entry.sink.add(watch.clone()),
             None => {
-                let sink = Arc::new(TopicSink { watches: RwLock::new(vec![watch.clone()]) });
+                let sink = Arc::new(TopicSink::new(Handle::current(), self.queue_capacity));
+                sink.add(watch.clone());
                 let bus_id = self.bus.subscribe(topic.clone(), sink.clone());
                 topics.insert(topic.clone(), TopicEntry { bus_id, sink });
             }
@@ -89,12 +80,7 @@ impl Fanout {
     pub(crate) fn unwatch(&self, topic: &Topic, watch: &Watch) {
         let mut topics = self.topics.lock().unwrap_or_else(PoisonError::into_inner);
         let Some(entry) = topics.get(topic) else { return };
-        let now_empty = {
-            let mut watches = entry.sink.watches.write().unwrap_or_else(PoisonError::into_inner);
-            watches.retain(|w| w.id != watch.id);
-            watches.is_empty()
-        };
-        if now_empty {
+        if entry.sink.remove(watch.id) {
             let bus_id = entry.bus_id;
             topics.remove(topic);
             self.bus.unsubscribe(bus_id);

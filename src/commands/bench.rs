@@ -42,6 +42,10 @@ pub struct BenchArgs {
     /// A setting for the spawned server, e.g. --server-set store.wal_sync=os (repeatable).
     #[arg(long = "server-set", value_name = "SECTION.KEY=VALUE", requires = "spawn")]
     server_sets: Vec<String>,
+    /// The `ferry` executable --spawn starts (default: this one), e.g. an older build to
+    /// compare servers under the same load generator.
+    #[arg(long, value_name = "PATH", requires = "spawn")]
+    server_exe: Option<std::path::PathBuf>,
     /// One of the scenarios: its settings and goals (flags given here win).
     #[arg(long, value_enum)]
     scenario: Option<Scenario>,
@@ -334,7 +338,7 @@ pub fn run(config: &FerryConfig, args: &BenchArgs) -> anyhow::Result<ExitCode> {
             "ingress.max_requests_per_sec=10000000".to_owned(),
         ];
         sets.extend(args.server_sets.iter().cloned());
-        Some(SpawnedServer::start(&sets)?)
+        Some(SpawnedServer::start(args.server_exe.as_deref(), &sets)?)
     } else {
         // The run's connections and the one that reads the files back.
         let (max, wanted) = (config.ingress.max_connections, s.connections + 1);
@@ -662,8 +666,12 @@ fn table(report: &BenchReport) -> String {
         );
         let _ = writeln!(
             out,
-            "writes        {} sent, {} acknowledged, {} unanswered, {} not sent",
-            run.writes_sent, run.writes_acked, run.writes_unanswered, run.writes_not_sent
+            "writes        {} sent, {} acknowledged, {} unanswered ({} answered after the drain deadline), {} not sent",
+            run.writes_sent,
+            run.writes_acked,
+            run.writes_unanswered,
+            run.writes_answered_late,
+            run.writes_not_sent
         );
         let errors: Vec<String> = run.errors.iter().map(|(c, n)| format!("{c} {n}")).collect();
         let _ = writeln!(
@@ -691,8 +699,14 @@ fn table(report: &BenchReport) -> String {
         let w = &run.watchers;
         let _ = writeln!(
             out,
-            "watchers      {} missing, {} duplicates, {} reordered, {} unexpected, {} snapshots, {} stray",
-            w.missing, w.duplicates, w.reorders, w.unexpected, run.snapshots, run.stray_events
+            "watchers      {} missing, {} duplicates, {} reordered, {} unexpected, {} snapshots, {} stray, {} past the read-back",
+            w.missing,
+            w.duplicates,
+            w.reorders,
+            w.unexpected,
+            run.snapshots,
+            run.stray_events,
+            w.past_read_back
         );
         let st = &run.store;
         let _ = writeln!(

@@ -13,6 +13,7 @@ use ferry_ingress::{Authenticator, Ingress, IngressOptions};
 use ferry_instruction_worker::{
     LocalBus, LocalBusOptions, LocalQueue, LocalQueueOptions, Worker, WorkerOptions,
 };
+use ferry_protocol::ChangeBus;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
@@ -48,6 +49,18 @@ pub async fn start_full(
     bus_options: LocalBusOptions,
     worker_options: WorkerOptions,
 ) -> Node {
+    start_seen_through(options, auth, bus_options, worker_options, |bus| bus).await
+}
+
+/// A node whose ingress watches the worker's bus through `view` (e.g. a bus that can lose
+/// events).
+pub async fn start_seen_through(
+    options: IngressOptions,
+    auth: Authenticator,
+    bus_options: LocalBusOptions,
+    worker_options: WorkerOptions,
+    view: impl FnOnce(Arc<LocalBus>) -> Arc<dyn ChangeBus>,
+) -> Node {
     let dir = tempfile::tempdir().unwrap();
     Store::init(dir.path(), InitOptions { partitions: 4, partition_depth: 2 }).unwrap();
     let store_options = StoreOptions { wal_sync: WalSync::Os, ..StoreOptions::default() };
@@ -55,7 +68,7 @@ pub async fn start_full(
     let bus = Arc::new(LocalBus::new(bus_options));
     let worker = Arc::new(Worker::new(store, bus.clone(), None, worker_options).unwrap());
     let queue = Arc::new(LocalQueue::start(worker, LocalQueueOptions::default()).unwrap());
-    let ingress = Arc::new(Ingress::new(options, auth, queue.clone(), bus.clone()));
+    let ingress = Arc::new(Ingress::new(options, auth, queue.clone(), view(bus.clone())));
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
     let shutdown = CancellationToken::new();

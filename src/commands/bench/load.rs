@@ -7,13 +7,14 @@
 //! generator down (coordinated omission). Each write's content carries its number and due time
 //! (`verify::content`), which is how a watcher knows when the change it received was due.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::future::Future;
 use std::pin::pin;
 use std::sync::{Arc, Mutex, PoisonError};
 use std::task::Poll;
 use std::time::{Duration, Instant};
 
+use anyhow::Context;
 use futures_util::StreamExt;
 use hdrhistogram::Histogram;
 use serde::Serialize;
@@ -22,7 +23,7 @@ use tokio::sync::{mpsc, watch};
 
 use ferry_ingress::client::{Client, ClientError, Event};
 
-use super::verify::{self, Acked, FileCheck, RevisionSequence, StreamCheck, WriteOp};
+use super::verify::{self, Acked, FileCheck, ReadBack, RevisionSequence, StreamCheck, WriteOp};
 
 /// Largest latency recorded (longer ones are recorded as this).
 const MAX_LATENCY_US: u64 = 120_000_000;
@@ -132,6 +133,9 @@ pub struct LoadReport {
     pub writes_acked: u64,
     /// Writes never answered (connection lost, or still unanswered at the drain deadline).
     pub writes_unanswered: u64,
+    /// Of `writes_unanswered`, those whose answer came after the drain deadline (while the
+    /// connection still read its events): answered, but too late to be counted.
+    pub writes_answered_late: u64,
     /// Writes due but never sent (their connection was lost first).
     pub writes_not_sent: u64,
     /// Error answers by code.
@@ -275,6 +279,7 @@ struct ConnectionOutcome {
     acked: u64,
     acked_in_window: u64,
     unanswered: u64,
+    answered_late: u64,
     not_sent: u64,
     errors: BTreeMap<String, u64>,
     events: u64,
@@ -354,8 +359,32 @@ pub async fn run(plan: Plan) -> anyhow::Result<LoadReport> {
     let reader = Client::connect(&plan.url, plan.token.as_deref())
         .await
         .map_err(|e| anyhow::anyhow!("the read-back connection: {e}"))?;
-    let (ready, reasons) =
-        open_many(plan.connections, plan.connect_concurrency, |i| open(&plan, i)).await;
+    // Connections that only write get a runtime (and thread) of their own: in a fan-out run the
+    // generator's 2 threads read up to a million events/s, and a writer polled once per round of
+    // 1,000 busy readers would measure the generator's queueing, not the server's answers.
+    let writers = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .thread_name("bench-writers")
+        .enable_all()
+        .build()
+        .context("starting the writers' runtime")?;
+    let writers_only: Vec<bool> = (0..plan.connections)
+        .map(|c| !plan.written_by(c).is_empty() && plan.watched_by(c).is_empty())
+        .collect();
+    let (ready, reasons) = open_many(plan.connections, plan.connect_concurrency, |i| {
+        let on_writers = writers_only[i].then(|| (writers.handle().clone(), plan.clone()));
+        let plan = &plan;
+        async move {
+            match on_writers {
+                Some((handle, plan)) => handle
+                    .spawn(async move { open(&plan, i).await })
+                    .await
+                    .unwrap_or_else(|e| Err(format!("opening a writer: {e}"))),
+                None => open(plan, i).await,
+            }
+        }
+    })
+    .await;
     report.connections.opened = ready.len();
     report.connections.failed = plan.connections - ready.len();
     report.connections.failure_reasons = reasons;
@@ -375,7 +404,13 @@ pub async fn run(plan: Plan) -> anyhow::Result<LoadReport> {
     let (finals_tx, finals_rx) = watch::channel(None);
     let mut tasks = tokio::task::JoinSet::new();
     for ready in ready {
-        tasks.spawn(drive(ready, run.clone(), done_tx.clone(), finals_rx.clone()));
+        let on_writers = writers_only[ready.index];
+        let driven = drive(ready, run.clone(), done_tx.clone(), finals_rx.clone());
+        if on_writers {
+            tasks.spawn_on(driven, writers.handle());
+        } else {
+            tasks.spawn(driven);
+        }
     }
     drop(done_tx);
 
@@ -392,13 +427,14 @@ pub async fn run(plan: Plan) -> anyhow::Result<LoadReport> {
         }
     }
 
-    let mut finals = vec![0u64; run.plan.files];
+    let mut finals: Vec<ReadBack> =
+        uncertain.iter().map(|&unknown| ReadBack { rev: 0, settled: unknown == 0 }).collect();
     let stored = read_back(&reader, &run.paths).await;
     for (file, stored) in stored.into_iter().enumerate() {
         let check = match &stored {
             Ok(found) => {
                 let found = found.as_ref().map(|(rev, bytes)| (*rev, bytes.as_slice()));
-                finals[file] = found.map_or(0, |(rev, _)| rev);
+                finals[file].rev = found.map_or(0, |(rev, _)| rev);
                 let op = run.plan.op;
                 verify::check_file(op, run.plan.size, &mut acked[file], uncertain[file], found)
             }
@@ -417,6 +453,7 @@ pub async fn run(plan: Plan) -> anyhow::Result<LoadReport> {
         report.writes_sent += outcome.sent;
         report.writes_acked += outcome.acked;
         report.writes_unanswered += outcome.unanswered;
+        report.writes_answered_late += outcome.answered_late;
         report.writes_not_sent += outcome.not_sent;
         for (code, n) in outcome.errors {
             *report.errors.entry(code).or_insert(0) += n;
@@ -432,6 +469,7 @@ pub async fn run(plan: Plan) -> anyhow::Result<LoadReport> {
             *report.connections.lost_reasons.entry(reason).or_insert(0) += 1;
         }
     }
+    writers.shutdown_background();
     let secs = run.plan.duration.as_secs_f64();
     report.measured_secs = secs;
     report.achieved_rate /= secs;
@@ -516,11 +554,64 @@ async fn next_incoming(client: &mut Client, events_first: &mut bool) -> Incoming
 }
 
 /// A write sent and not yet answered.
+#[derive(Debug)]
 struct InFlight {
     /// Index into the connection's written files.
     slot: usize,
     seq: u64,
     due: Instant,
+}
+
+/// A connection's writes sent and not answered yet, and those given up on at the drain
+/// deadline (whose answers may still come while the connection reads its events).
+#[derive(Default)]
+struct Outstanding {
+    in_flight: HashMap<u64, InFlight>,
+    abandoned: HashSet<u64>,
+}
+
+/// Which write an answer belongs to.
+#[derive(Debug)]
+enum Answered {
+    Write(InFlight),
+    /// A write already counted as unanswered.
+    Late,
+    /// No write of this connection.
+    Unknown,
+}
+
+impl Outstanding {
+    fn sent(&mut self, id: u64, write: InFlight) {
+        self.in_flight.insert(id, write);
+    }
+
+    fn len(&self) -> usize {
+        self.in_flight.len()
+    }
+
+    fn is_empty(&self) -> bool {
+        self.in_flight.is_empty()
+    }
+
+    fn answer(&mut self, id: Option<u64>) -> Answered {
+        let Some(id) = id else { return Answered::Unknown };
+        match self.in_flight.remove(&id) {
+            Some(write) => Answered::Write(write),
+            None if self.abandoned.remove(&id) => Answered::Late,
+            None => Answered::Unknown,
+        }
+    }
+
+    /// Gives up on every write in flight; their answers count as late from now on.
+    fn abandon(&mut self) -> Vec<InFlight> {
+        self.in_flight
+            .drain()
+            .map(|(id, write)| {
+                self.abandoned.insert(id);
+                write
+            })
+            .collect()
+    }
 }
 
 /// One connection through the run: writes due on its schedule and events of the files it
@@ -531,7 +622,7 @@ async fn drive(
     ready: Ready,
     run: Arc<Run>,
     done_tx: mpsc::UnboundedSender<WritesDone>,
-    mut finals_rx: watch::Receiver<Option<Arc<Vec<u64>>>>,
+    mut finals_rx: watch::Receiver<Option<Arc<Vec<ReadBack>>>>,
 ) -> ConnectionOutcome {
     let Ready { index, mut client, mut watched } = ready;
     let plan = &run.plan;
@@ -547,7 +638,7 @@ async fn drive(
     let mut ack_samples = Samples::new(&run.ack, index);
     let mut fanout_samples = Samples::new(&run.fanout, index);
     let mut lag_samples = Samples::new(&run.lag, index);
-    let mut in_flight: HashMap<u64, InFlight> = HashMap::new();
+    let mut in_flight = Outstanding::default();
     // Write j of this connection is write k = (j / m) * files + written[j % m] of the run.
     let due = |j: u64| -> (u64, Instant) {
         let m = written.len() as u64;
@@ -558,7 +649,7 @@ async fn drive(
     let mut next_due = (!written.is_empty()).then(|| due(0)).filter(|(_, at)| *at < run.end);
     let drain_deadline = run.end + plan.drain_timeout;
     let mut writes_reported = false;
-    let mut finals: Option<Arc<Vec<u64>>> = None;
+    let mut finals: Option<Arc<Vec<ReadBack>>> = None;
     let mut catch_up_deadline = drain_deadline + plan.drain_timeout;
     let mut events_first = false;
     let op = plan.op.name();
@@ -569,7 +660,7 @@ async fn drive(
         if !writes_reported
             && (closed || now >= drain_deadline || (next_due.is_none() && in_flight.is_empty()))
         {
-            for (_, write) in in_flight.drain() {
+            for write in in_flight.abandon() {
                 uncertain[write.slot] += 1;
                 outcome.unanswered += 1;
             }
@@ -596,7 +687,8 @@ async fn drive(
             }
             let late = Instant::now() >= catch_up_deadline;
             if let Some(finals) = &finals {
-                let caught_up = watched.iter().all(|(file, seq)| seq.highest() >= finals[*file]);
+                let caught_up =
+                    watched.iter().all(|(file, seq)| seq.highest() >= finals[*file].rev);
                 if caught_up || closed || late {
                     for (file, sequence) in &watched {
                         outcome.stream.add(&sequence.finish(finals[*file]));
@@ -639,10 +731,16 @@ async fn drive(
                         }
                     }
                     Incoming::Answer(answer) => {
-                        let write = answer["id"].as_u64().and_then(|id| in_flight.remove(&id));
-                        let Some(write) = write else {
-                            *outcome.errors.entry("unmatched_answer".to_owned()).or_insert(0) += 1;
-                            continue;
+                        let write = match in_flight.answer(answer["id"].as_u64()) {
+                            Answered::Write(write) => write,
+                            Answered::Late => {
+                                outcome.answered_late += 1;
+                                continue;
+                            }
+                            Answered::Unknown => {
+                                *outcome.errors.entry("unmatched_answer".to_owned()).or_insert(0) += 1;
+                                continue;
+                            }
                         };
                         match (answer["ok"].as_bool(), answer["rev"].as_u64()) {
                             (Some(true), Some(rev)) => {
@@ -687,7 +785,7 @@ async fn drive(
                     if client.send_text(frame).is_err() {
                         break;
                     }
-                    in_flight.insert(id, InFlight { slot, seq: k, due: at });
+                    in_flight.sent(id, InFlight { slot, seq: k, due: at });
                     outcome.sent += 1;
                     if run.in_window(at) {
                         lag_samples.push(micros(now, at));
@@ -763,6 +861,24 @@ mod tests {
             max_in_flight: 1,
             prefix: "/b/".to_owned(),
         }
+    }
+
+    #[test]
+    fn an_answer_after_the_drain_deadline_is_late_not_unmatched() {
+        // The fan-out run of 2026-11-22 counted 155 "unmatched_answer" errors: the writer's
+        // answers that came after it had given up on them at the drain deadline.
+        let now = Instant::now();
+        let mut writes = Outstanding::default();
+        writes.sent(7, InFlight { slot: 0, seq: 1, due: now });
+        writes.sent(8, InFlight { slot: 0, seq: 2, due: now });
+        assert!(matches!(writes.answer(Some(7)), Answered::Write(InFlight { seq: 1, .. })));
+        assert_eq!(writes.abandon().len(), 1);
+        assert!(writes.is_empty());
+        assert!(matches!(writes.answer(Some(8)), Answered::Late));
+        // Each late answer once; answers to nothing this connection sent stay unmatched.
+        assert!(matches!(writes.answer(Some(8)), Answered::Unknown));
+        assert!(matches!(writes.answer(Some(9)), Answered::Unknown));
+        assert!(matches!(writes.answer(None), Answered::Unknown));
     }
 
     #[test]

@@ -2,7 +2,7 @@
 //! the resident memory of a process, and the open-file limit.
 
 use std::io::{BufRead, BufReader};
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
@@ -22,19 +22,22 @@ pub struct SpawnedServer {
 }
 
 impl SpawnedServer {
-    /// Starts this executable's `ferry serve` on a free loopback port in a new temporary data
-    /// directory, with `sets` (`section.key=value`) as `--set` options.
-    pub fn start(sets: &[String]) -> anyhow::Result<SpawnedServer> {
+    /// Starts `exe`'s (default: this executable's) `ferry serve` on a free loopback port in a
+    /// new temporary data directory, with `sets` (`section.key=value`) as `--set` options.
+    pub fn start(exe: Option<&Path>, sets: &[String]) -> anyhow::Result<SpawnedServer> {
         let dir = tempfile::Builder::new()
             .prefix("ferry-bench-")
             .tempdir()
             .context("creating a temporary data directory")?;
-        let exe = std::env::current_exe().context("finding the ferry executable")?;
+        let exe = match exe {
+            Some(exe) => exe.to_path_buf(),
+            None => std::env::current_exe().context("finding the ferry executable")?,
+        };
         let stderr_path = dir.path().join("serve.stderr");
         let stderr = std::fs::File::create(&stderr_path)
             .with_context(|| format!("creating {}", stderr_path.display()))?;
         let logs = dir.path().join("logs");
-        let mut command = Command::new(exe);
+        let mut command = Command::new(&exe);
         command.arg("--data").arg(dir.path().join("data"));
         command.arg("--set").arg(format!("logger.directory={:?}", logs.display().to_string()));
         for set in sets {
@@ -46,7 +49,7 @@ impl SpawnedServer {
             .stdout(Stdio::piped())
             .stderr(stderr)
             .spawn()
-            .context("starting ferry serve")?;
+            .with_context(|| format!("starting {} serve", exe.display()))?;
         let stdout = child.stdout.take().context("ferry serve's stdout")?;
         let (tx, rx) = std::sync::mpsc::channel();
         // Reads the first line (the URL), then keeps draining so that the server never blocks.

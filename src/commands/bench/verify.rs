@@ -55,8 +55,13 @@ pub struct StreamCheck {
     pub duplicates: u64,
     /// Events for a revision lower than one received before it (received for the first time).
     pub reorders: u64,
-    /// Events for a revision at or before the subscription's, or after the file's final one.
+    /// Events for a revision at or before the subscription's, or after the file's final one
+    /// when every write of the file was answered before it was read back.
     pub unexpected: u64,
+    /// Streams that went past the revision read back from a file some of whose writes were
+    /// unanswered at the drain deadline: those writes were applied after the read-back. Not a
+    /// failure by itself (the unanswered writes are).
+    pub past_read_back: u64,
 }
 
 impl StreamCheck {
@@ -66,6 +71,7 @@ impl StreamCheck {
         self.duplicates += other.duplicates;
         self.reorders += other.reorders;
         self.unexpected += other.unexpected;
+        self.past_read_back += other.past_read_back;
     }
 }
 
@@ -118,16 +124,29 @@ impl RevisionSequence {
         self.next - 1
     }
 
-    /// The verdict once the file's last revision is known to be `final_rev`.
-    pub fn finish(&self, final_rev: u64) -> StreamCheck {
+    /// The verdict once the file was read back at revision `last.rev`.
+    pub fn finish(&self, last: ReadBack) -> StreamCheck {
         let mut check = self.check;
         check.missing = self.holes.iter().map(|&(a, b)| b - a).sum::<u64>()
-            + (final_rev + 1).saturating_sub(self.next);
-        if self.highest() > final_rev {
-            check.unexpected += 1;
+            + (last.rev + 1).saturating_sub(self.next);
+        if self.highest() > last.rev {
+            if last.settled {
+                check.unexpected += 1;
+            } else {
+                check.past_read_back += 1;
+            }
         }
         check
     }
+}
+
+/// A file's revision when it was read back after the run.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ReadBack {
+    pub rev: u64,
+    /// Every write of the file was answered before the read-back, so no later revision can
+    /// exist. Writes still unanswered at the drain deadline may be applied after it.
+    pub settled: bool,
 }
 
 /// One acknowledged write.
@@ -213,7 +232,7 @@ mod tests {
     fn stream(base: u64, revs: &[u64], final_rev: u64) -> StreamCheck {
         let mut sequence = RevisionSequence::new(base);
         revs.iter().for_each(|&r| sequence.observe(r));
-        sequence.finish(final_rev)
+        sequence.finish(ReadBack { rev: final_rev, settled: true })
     }
 
     #[test]
@@ -259,6 +278,26 @@ mod tests {
     fn revisions_outside_the_subscription_are_unexpected() {
         assert_eq!(stream(5, &[5, 6], 6).unexpected, 1);
         assert_eq!(stream(0, &[1, 2, 3], 2).unexpected, 1);
+    }
+
+    #[test]
+    fn revisions_past_an_unsettled_read_back_come_from_unanswered_writes() {
+        // The fan-out run of 2026-11-22 02:3x: the writer's acks starved, 10,000 writes were
+        // unanswered at the drain deadline and applied after the files were read back, so
+        // watchers that kept reading saw revisions past the "final" one.
+        let mut sequence = RevisionSequence::new(0);
+        (1..=7).for_each(|r| sequence.observe(r));
+        let unsettled = sequence.finish(ReadBack { rev: 5, settled: false });
+        assert_eq!(
+            unsettled,
+            StreamCheck { received: 7, past_read_back: 1, ..StreamCheck::default() }
+        );
+        // With every write answered, the same stream is a real anomaly.
+        assert_eq!(sequence.finish(ReadBack { rev: 5, settled: true }).unexpected, 1);
+        // A gap is missing whether or not the read-back was settled.
+        let mut gappy = RevisionSequence::new(0);
+        [1, 3].iter().for_each(|&r| gappy.observe(r));
+        assert_eq!(gappy.finish(ReadBack { rev: 3, settled: false }).missing, 1);
     }
 
     #[test]

@@ -1,0 +1,319 @@
+//! The bus's sink for one topic, and the tasks that fan its events out.
+//!
+//! The bus calls [`TopicSink::deliver`] on the publisher's thread (in `ferry serve`, the
+//! instruction worker's), so it only queues the event: one allocation and one bounded
+//! `try_send` per shard, whatever the number of watchers. Fan-out tasks on the ingress's runtime
+//! serialize each event once and push it to every watching connection's outbox. A topic's
+//! watches are split into shards, one task each: a new shard once every shard holds
+//! [`SHARD_WATCHES`], up to one per runtime worker thread, so that one hot file's fan-out uses
+//! every core.
+//!
+//! Every watch belongs to one shard and each shard's queue is FIFO, so a watch sees a file's
+//! events in the order they were published. When a shard's queue is full, or the bus says it
+//! lost events ([`EventSink::lost`]), the shard's task closes every watch it holds with
+//! [`CLOSE_CHANGES_LOST`] before it delivers anything else: a watch never silently skips an
+//! event, and the memory stays bounded by the queues.
+
+use std::sync::{Arc, Mutex, OnceLock, PoisonError, RwLock};
+
+use axum::extract::ws::Utf8Bytes;
+use ferry_protocol::{change_event_json, ChangeEvent, EventSink};
+use tokio::runtime::Handle;
+use tokio::sync::{mpsc, Notify};
+
+use super::Watch;
+use crate::outbox::{CloseReason, CLOSE_CHANGES_LOST};
+
+/// A topic gets another shard (up to one per worker thread) once each has this many watches:
+/// below it, a second task costs more than it saves.
+const SHARD_WATCHES: usize = 64;
+/// Events a task takes from its queue at a time, before it lets the runtime's other tasks
+/// (the writers' answers among them) run: at 500 watches a shard, about 8,000 sends.
+const BATCH: usize = 16;
+
+/// An event on its way to a shard's watches, serialized once by whichever task needs it first.
+struct Fanned {
+    event: Arc<ChangeEvent>,
+    text: OnceLock<Utf8Bytes>,
+}
+
+impl Fanned {
+    fn text(&self) -> &Utf8Bytes {
+        self.text.get_or_init(|| Utf8Bytes::from(change_event_json(&self.event)))
+    }
+}
+
+/// What a shard's task shares with the sink.
+struct ShardState {
+    watches: RwLock<Vec<Arc<Watch>>>,
+    /// Set when the shard's watches may have missed an event: they are closed with it before
+    /// the task delivers anything more. The first reason wins.
+    failure: Mutex<Option<CloseReason>>,
+    failed: Notify,
+}
+
+impl ShardState {
+    fn fail(&self, reason: CloseReason) {
+        self.failure.lock().unwrap_or_else(PoisonError::into_inner).get_or_insert(reason);
+        self.failed.notify_one();
+    }
+
+    fn take_failure(&self) -> Option<CloseReason> {
+        self.failure.lock().unwrap_or_else(PoisonError::into_inner).take()
+    }
+
+    fn len(&self) -> usize {
+        self.watches.read().unwrap_or_else(PoisonError::into_inner).len()
+    }
+}
+
+struct Shard {
+    queue: mpsc::Sender<Arc<Fanned>>,
+    state: Arc<ShardState>,
+}
+
+/// The bus's sink for one topic: every local watch of it, in shards.
+pub(super) struct TopicSink {
+    shards: RwLock<Vec<Shard>>,
+    runtime: Handle,
+    max_shards: usize,
+    queue_capacity: usize,
+}
+
+impl TopicSink {
+    /// A sink whose fan-out tasks run on `runtime`, with `queue_capacity` events per shard:
+    /// when a shard falls that far behind, the publisher gives up on its watches (4009).
+    pub(super) fn new(runtime: Handle, queue_capacity: usize) -> TopicSink {
+        let max_shards = runtime.metrics().num_workers().max(1);
+        TopicSink { shards: RwLock::new(Vec::new()), runtime, max_shards, queue_capacity }
+    }
+
+    /// Adds `watch` to the smallest shard, or to a new one when every shard is full enough
+    /// and the runtime has a worker thread to spare. A new watch receives the events published
+    /// from now on (and possibly some published just before: the catch-up drops what it
+    /// already has).
+    pub(super) fn add(&self, watch: Arc<Watch>) {
+        let mut shards = self.shards.write().unwrap_or_else(PoisonError::into_inner);
+        let smallest = shards.iter().min_by_key(|shard| shard.state.len());
+        match smallest {
+            Some(shard) if shard.state.len() < SHARD_WATCHES || shards.len() >= self.max_shards => {
+                shard.state.watches.write().unwrap_or_else(PoisonError::into_inner).push(watch)
+            }
+            _ => {
+                let state = Arc::new(ShardState {
+                    watches: RwLock::new(vec![watch]),
+                    failure: Mutex::new(None),
+                    failed: Notify::new(),
+                });
+                let (queue, events) = mpsc::channel(self.queue_capacity.max(1));
+                self.runtime.spawn(fan_out(events, state.clone()));
+                shards.push(Shard { queue, state });
+            }
+        }
+    }
+
+    /// Removes the watch numbered `id`; true if the topic has no watch left.
+    pub(super) fn remove(&self, id: u64) -> bool {
+        let shards = self.shards.read().unwrap_or_else(PoisonError::into_inner);
+        let mut left = 0;
+        for shard in shards.iter() {
+            let mut watches = shard.state.watches.write().unwrap_or_else(PoisonError::into_inner);
+            watches.retain(|w| w.id != id);
+            left += watches.len();
+        }
+        left == 0
+    }
+}
+
+impl EventSink for TopicSink {
+    fn deliver(&self, event: &Arc<ChangeEvent>) {
+        let fanned = Arc::new(Fanned { event: event.clone(), text: OnceLock::new() });
+        let shards = self.shards.read().unwrap_or_else(PoisonError::into_inner);
+        for shard in shards.iter() {
+            if let Err(mpsc::error::TrySendError::Full(_)) = shard.queue.try_send(fanned.clone()) {
+                shard.state.fail(CLOSE_CHANGES_LOST);
+            }
+        }
+    }
+
+    fn lost(&self) {
+        let shards = self.shards.read().unwrap_or_else(PoisonError::into_inner);
+        for shard in shards.iter() {
+            shard.state.fail(CLOSE_CHANGES_LOST);
+        }
+    }
+}
+
+/// A shard's task: delivers its queue to its watches until the sink is dropped.
+async fn fan_out(mut events: mpsc::Receiver<Arc<Fanned>>, state: Arc<ShardState>) {
+    let mut batch = Vec::with_capacity(BATCH);
+    loop {
+        tokio::select! {
+            biased;
+            () = state.failed.notified() => {}
+            received = events.recv_many(&mut batch, BATCH) => {
+                if received == 0 {
+                    return;
+                }
+            }
+        }
+        // A failure recorded before an event was queued is seen here before that event is
+        // delivered (the queue orders the two), so no watch gets an event after a gap.
+        if let Some(reason) = state.take_failure() {
+            batch.clear();
+            let watches = state.watches.read().unwrap_or_else(PoisonError::into_inner);
+            for watch in watches.iter() {
+                watch.outbox.close(Some(reason));
+            }
+            continue;
+        }
+        {
+            let watches = state.watches.read().unwrap_or_else(PoisonError::into_inner);
+            for fanned in batch.drain(..) {
+                for watch in watches.iter() {
+                    watch.deliver(&fanned.event, fanned.text());
+                }
+            }
+        }
+        // A hot topic always has a batch ready: without this, its task would hold a worker
+        // thread until the coop budget runs out, 128 batches later.
+        tokio::task::yield_now().await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use ferry_protocol::ChangeOp;
+    use tokio::sync::mpsc::Receiver;
+
+    use super::*;
+    use crate::outbox::Outbox;
+    use crate::subscriptions::Feed;
+
+    fn ev(rev: u64) -> Arc<ChangeEvent> {
+        Arc::new(ChangeEvent {
+            path: "/a".into(),
+            rev,
+            change: ChangeOp::Append { content: format!("{rev};").into() },
+            author: "t".into(),
+            ts_ms: 0,
+            partition: 0,
+        })
+    }
+
+    /// A live path watch with its outbox's receiving end.
+    fn live_watch(id: u64, send_queue: usize) -> (Arc<Watch>, Receiver<Utf8Bytes>) {
+        let (outbox, rx) = Outbox::new(send_queue);
+        let watch = Arc::new(Watch {
+            id,
+            is_path: true,
+            outbox: Arc::new(outbox),
+            buffer_limit: send_queue,
+            feed: Mutex::new(Feed::Live { last_rev: 0 }),
+        });
+        (watch, rx)
+    }
+
+    fn rev_of(text: &str) -> u64 {
+        let v: serde_json::Value = serde_json::from_str(text).unwrap();
+        v["rev"].as_u64().unwrap()
+    }
+
+    async fn next_rev(rx: &mut Receiver<Utf8Bytes>) -> u64 {
+        let text = tokio::time::timeout(Duration::from_secs(20), rx.recv()).await.unwrap().unwrap();
+        rev_of(text.as_str())
+    }
+
+    /// Waits (with a deadline) until the task closed `watch`.
+    async fn closed(watch: &Watch) -> Option<CloseReason> {
+        let _ =
+            tokio::time::timeout(Duration::from_secs(20), watch.outbox.closed().cancelled()).await;
+        watch.outbox.close_reason()
+    }
+
+    #[tokio::test(flavor = "current_thread")]
+    async fn the_publisher_only_queues_and_the_task_delivers() {
+        let sink = TopicSink::new(Handle::current(), 1024);
+        let (watch, mut rx) = live_watch(1, 64);
+        sink.add(watch);
+        sink.deliver(&ev(1));
+        sink.deliver(&ev(2));
+        // Nothing ran the fan-out task yet: the publisher did not touch the outbox.
+        assert!(rx.try_recv().is_err());
+        assert_eq!(next_rev(&mut rx).await, 1);
+        assert_eq!(next_rev(&mut rx).await, 2);
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_big_topic_is_split_over_the_workers_and_every_watch_sees_every_event_in_order() {
+        let sink = Arc::new(TopicSink::new(Handle::current(), 1024));
+        let mut receivers = Vec::new();
+        for id in 0..300 {
+            let (watch, rx) = live_watch(id, 1024);
+            sink.add(watch);
+            receivers.push(rx);
+        }
+        let sizes: Vec<usize> =
+            sink.shards.read().unwrap().iter().map(|shard| shard.state.len()).collect();
+        assert_eq!(sizes, [150, 150]);
+        let publisher = std::thread::spawn({
+            let sink = sink.clone();
+            move || (1..=500).for_each(|rev| sink.deliver(&ev(rev)))
+        });
+        for rx in &mut receivers {
+            for rev in 1..=500 {
+                assert_eq!(next_rev(rx).await, rev);
+            }
+        }
+        publisher.join().unwrap();
+        assert!(!sink.remove(0));
+        let emptied: Vec<bool> = (1..300).map(|id| sink.remove(id)).collect();
+        assert_eq!(emptied.iter().filter(|&&empty| empty).count(), 1);
+        assert!(emptied[298], "the last removal empties the topic");
+    }
+
+    #[tokio::test(flavor = "current_thread")]
+    async fn an_overflowing_queue_closes_its_watches_as_lost_instead_of_skipping_an_event() {
+        let sink = TopicSink::new(Handle::current(), 4);
+        let (watch, mut rx) = live_watch(1, 64);
+        sink.add(watch.clone());
+        // The task cannot run while this test does not yield: the fifth event finds the queue
+        // full.
+        (1..=6).for_each(|rev| sink.deliver(&ev(rev)));
+        assert_eq!(closed(&watch).await, Some(CLOSE_CHANGES_LOST));
+        assert!(rx.try_recv().is_err(), "nothing is delivered once a watch missed an event");
+        // A watch that comes later starts a clean run.
+        let (later, mut later_rx) = live_watch(2, 64);
+        sink.add(later.clone());
+        sink.deliver(&ev(7));
+        assert_eq!(next_rev(&mut later_rx).await, 7);
+        assert_eq!(later.outbox.close_reason(), None);
+    }
+
+    #[tokio::test(flavor = "current_thread")]
+    async fn lost_closes_every_watch_of_the_topic_with_4009_before_any_later_event() {
+        let sink = TopicSink::new(Handle::current(), 1024);
+        let other = TopicSink::new(Handle::current(), 1024);
+        let (watches, mut receivers): (Vec<_>, Vec<_>) =
+            (1..=3).map(|id| live_watch(id, 64)).unzip();
+        watches.iter().for_each(|w| sink.add(w.clone()));
+        let (bystander, mut bystander_rx) = live_watch(9, 64);
+        other.add(bystander.clone());
+        sink.deliver(&ev(1));
+        for rx in &mut receivers {
+            assert_eq!(next_rev(rx).await, 1);
+        }
+        sink.lost();
+        sink.deliver(&ev(2));
+        for (watch, rx) in watches.iter().zip(&mut receivers) {
+            assert_eq!(closed(watch).await, Some(CLOSE_CHANGES_LOST));
+            assert_eq!(CLOSE_CHANGES_LOST.code, 4009);
+            assert!(rx.try_recv().is_err(), "the event after the loss is not delivered");
+        }
+        other.deliver(&ev(5));
+        assert_eq!(next_rev(&mut bystander_rx).await, 5);
+        assert_eq!(bystander.outbox.close_reason(), None);
+    }
+}
