@@ -58,6 +58,7 @@ start() {
   local kind=$1 i log pid line
   i=$(free_index "$kind")
   log="$RUN/$kind-$i.log"
+  : >"$log"
   # Not through the `ferry` function: $! must be the process itself, not a subshell.
   case $kind in
     worker) "$BIN" --data "$DIR/data" worker --id "worker-$i" >"$log" 2>&1 & ;;

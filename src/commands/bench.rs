@@ -30,7 +30,8 @@ const SPARE_FDS: u64 = 128;
 
 #[derive(Args, Debug)]
 pub struct BenchArgs {
-    /// The server to load (default: ws://<ingress.listen>/v1/ws).
+    /// The server to load (default: ws://<ingress.listen>/v1/ws); several ingress nodes of one
+    /// cluster separated by commas (connection i uses the (i mod n)-th).
     #[arg(long, env = "FERRY_URL", conflicts_with = "spawn")]
     url: Option<String>,
     /// The token, when the server requires one (it must allow --prefix).

@@ -39,6 +39,8 @@ const READ_BACK_TIMEOUT: Duration = Duration::from_secs(30);
 /// One load run.
 #[derive(Debug, Clone)]
 pub struct Plan {
+    /// One server URL, or several separated by commas (ingress nodes of one cluster):
+    /// connection `i` uses the `i mod n`-th.
     pub url: String,
     pub token: Option<String>,
     pub connections: usize,
@@ -61,6 +63,12 @@ pub struct Plan {
 }
 
 impl Plan {
+    /// The URL connection `index` uses.
+    pub fn url_for(&self, index: usize) -> &str {
+        let count = self.url.split(',').count();
+        self.url.split(',').nth(index % count).unwrap_or(&self.url)
+    }
+
     fn path(&self, file: usize) -> String {
         format!("{}f{file:06}", self.prefix)
     }
@@ -312,8 +320,9 @@ fn describe(error: &ClientError) -> String {
 
 async fn open(plan: &Plan, index: usize) -> Result<Ready, String> {
     let setup = async {
-        let client =
-            Client::connect(&plan.url, plan.token.as_deref()).await.map_err(|e| describe(&e))?;
+        let client = Client::connect(plan.url_for(index), plan.token.as_deref())
+            .await
+            .map_err(|e| describe(&e))?;
         let mut watched = Vec::new();
         for file in plan.watched_by(index) {
             let base = client.sub(&plan.path(file), None).await.map_err(|e| describe(&e))?;
@@ -356,7 +365,7 @@ where
 pub async fn run(plan: Plan) -> anyhow::Result<LoadReport> {
     let mut report = LoadReport { target_rate: plan.rate, ..LoadReport::default() };
     report.connections.requested = plan.connections;
-    let reader = Client::connect(&plan.url, plan.token.as_deref())
+    let reader = Client::connect(plan.url_for(0), plan.token.as_deref())
         .await
         .map_err(|e| anyhow::anyhow!("the read-back connection: {e}"))?;
     // Connections that only write get a runtime (and thread) of their own: in a fan-out run the
@@ -861,6 +870,16 @@ mod tests {
             max_in_flight: 1,
             prefix: "/b/".to_owned(),
         }
+    }
+
+    #[test]
+    fn connections_spread_over_several_urls_in_turn() {
+        let mut p = plan(4, 4, 1);
+        p.url = "ws://a/v1/ws,ws://b/v1/ws".to_owned();
+        let urls: Vec<&str> = (0..4).map(|i| p.url_for(i)).collect();
+        assert_eq!(urls, ["ws://a/v1/ws", "ws://b/v1/ws", "ws://a/v1/ws", "ws://b/v1/ws"]);
+        p.url = "ws://one/v1/ws".to_owned();
+        assert_eq!(p.url_for(3), "ws://one/v1/ws");
     }
 
     #[test]
