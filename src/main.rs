@@ -44,6 +44,12 @@ enum Command {
     Worker(commands::worker::WorkerArgs),
     /// Run one WebSocket ingress node of the distributed mode (RabbitMQ and Redis, [cluster]).
     Ingress(commands::ingress_node::IngressArgs),
+    /// Show a distributed cluster: ingress nodes, workers and their partitions, queue depths,
+    /// dead letters, instructions/s ([cluster]).
+    Status(commands::status::StatusArgs),
+    /// List or replay the dead letters of a distributed cluster ([cluster]).
+    #[command(subcommand)]
+    Dlq(commands::dlq::DlqCommand),
     /// Issue client tokens signed with the auth secret.
     #[command(subcommand)]
     Token(commands::token::TokenCommand),
@@ -100,6 +106,8 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::FileServer(args) => commands::file_server::run(&cli.load_config()?.config, args),
         Command::Worker(args) => commands::worker::run(&cli.load_config()?.config, args),
         Command::Ingress(args) => commands::ingress_node::run(&cli.load_config()?.config, args),
+        Command::Status(args) => commands::status::run(&cli.load_config()?.config, args),
+        Command::Dlq(cmd) => commands::dlq::run(&cli.load_config()?.config, cmd),
         Command::Token(cmd) => commands::token::run(&cli.load_config()?.config, cmd),
         Command::Client(args) => commands::client::run(&cli.load_config()?.config, args),
         Command::Bench(args) => commands::bench::run(&cli.load_config()?.config, args),

@@ -2,142 +2,16 @@
 //! machine's RabbitMQ and Redis, each test in its own namespace (queues, exchanges and keys
 //! deleted at the end), real WebSocket clients.
 
-use std::io::{BufRead, BufReader};
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+mod common;
+
+use std::path::Path;
+use std::process::Command;
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::{Duration, Instant};
 
-use ferry_cluster::topology::{QueueLimits, Topology};
+use common::cluster::{within, Cluster, AMQP_URL, REDIS_URL, TIMEOUT};
 use ferry_ingress::client::{Client, ClientError};
 use serde_json::json;
-
-const AMQP_URL: &str = "amqp://guest:guest@127.0.0.1:5672/%2f";
-const REDIS_URL: &str = "redis://127.0.0.1:6379/";
-const TIMEOUT: Duration = Duration::from_secs(30);
-/// `ferry init`'s default.
-const PARTITIONS: u32 = 16;
-
-/// A namespace of our own on the shared brokers, removed on drop.
-struct Cluster {
-    dir: PathBuf,
-    namespace: String,
-    processes: Vec<Process>,
-}
-
-struct Process {
-    name: String,
-    child: Child,
-    url: Option<String>,
-}
-
-impl Drop for Process {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-impl Cluster {
-    fn new(dir: &Path) -> Cluster {
-        static NEXT: AtomicU32 = AtomicU32::new(0);
-        let namespace = format!("t{}x{}", std::process::id(), NEXT.fetch_add(1, Ordering::Relaxed));
-        let cluster = Cluster { dir: dir.to_owned(), namespace, processes: Vec::new() };
-        let out = cluster.ferry().arg("init").output().unwrap();
-        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
-        cluster
-    }
-
-    fn ferry(&self) -> Command {
-        let mut command = Command::new(env!("CARGO_BIN_EXE_ferry"));
-        command
-            .env_remove("FERRY_CONFIG")
-            .env_remove("FERRY_AUTH__SECRET")
-            .env("FERRY_CLUSTER__NAMESPACE", &self.namespace)
-            .env("FERRY_CLUSTER__BROKER_URL", AMQP_URL)
-            .env("FERRY_CLUSTER__BUS_URL", REDIS_URL)
-            .arg("--data")
-            .arg(self.dir.join("data"))
-            .arg("--set")
-            .arg(format!("logger.directory={:?}", self.dir.join("logs").display().to_string()));
-        command
-    }
-
-    /// Starts a process and waits for its first line on stdout.
-    fn spawn(&mut self, name: &str, args: &[&str]) -> usize {
-        let mut child = self
-            .ferry()
-            .args(args)
-            .stdout(Stdio::piped())
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap_or_else(|e| panic!("starting {name}: {e}"));
-        let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
-        let first = lines.next().unwrap_or_else(|| panic!("{name} printed nothing")).unwrap();
-        let url = first.split_whitespace().find(|w| w.starts_with("ws://")).map(str::to_owned);
-        std::thread::spawn(move || lines.for_each(drop));
-        self.processes.push(Process { name: name.to_owned(), child, url });
-        self.processes.len() - 1
-    }
-
-    fn worker(&mut self, id: &str) -> usize {
-        self.spawn(id, &["worker", "--id", id])
-    }
-
-    fn ingress(&mut self, id: &str) -> String {
-        let i = self.spawn(id, &["ingress", "--id", id, "--listen", "127.0.0.1:0"]);
-        self.processes[i].url.clone().expect("the ingress printed its URL")
-    }
-
-    fn kill(&mut self, index: usize) {
-        let p = &mut self.processes[index];
-        p.child.kill().unwrap_or_else(|e| panic!("killing {}: {e}", p.name));
-        p.child.wait().unwrap();
-    }
-}
-
-impl Drop for Cluster {
-    fn drop(&mut self) {
-        self.processes.clear();
-        // Processes that scripts/scale.sh started (a failed test never reached its `down`).
-        for entry in std::fs::read_dir(self.dir.join("run")).into_iter().flatten().flatten() {
-            let pid =
-                std::fs::read_to_string(entry.path()).ok().and_then(|s| s.trim().parse().ok());
-            if let (Some(pid), true) = (pid, entry.path().extension().is_some_and(|e| e == "pid")) {
-                unsafe { libc::kill(pid, libc::SIGKILL) };
-            }
-        }
-        let namespace = self.namespace.clone();
-        let cleanup = std::thread::spawn(move || {
-            let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build();
-            runtime.unwrap().block_on(async {
-                if let Ok(connection) =
-                    lapin::Connection::connect(AMQP_URL, Default::default()).await
-                {
-                    if let Ok(channel) = connection.create_channel().await {
-                        let topology =
-                            Topology::new(&namespace, PARTITIONS, QueueLimits::default());
-                        let _ = topology.delete(&channel).await;
-                    }
-                }
-                if let Ok(client) = redis::Client::open(REDIS_URL) {
-                    if let Ok(mut conn) = client.get_multiplexed_async_connection().await {
-                        let keys: Vec<String> = redis::cmd("KEYS")
-                            .arg(format!("{namespace}:*"))
-                            .query_async(&mut conn)
-                            .await
-                            .unwrap_or_default();
-                        if !keys.is_empty() {
-                            let _: redis::RedisResult<()> =
-                                redis::cmd("DEL").arg(keys).query_async(&mut conn).await;
-                        }
-                    }
-                }
-            });
-        });
-        let _ = cleanup.join();
-    }
-}
 
 /// Waits until `count` acknowledged writes were made (the load is under way).
 async fn acked_at_least(acked: &AtomicU32, count: u32) {
@@ -147,10 +21,6 @@ async fn acked_at_least(acked: &AtomicU32, count: u32) {
         }
     })
     .await
-}
-
-async fn within<T>(future: impl std::future::Future<Output = T>) -> T {
-    tokio::time::timeout(TIMEOUT, future).await.expect("timed out")
 }
 
 /// Appends with an idempotency key, retrying what the protocol says may be retried, until

@@ -21,8 +21,10 @@
 pub mod amqp_queue;
 pub mod assignment;
 pub mod codec;
+pub mod dead_letters;
 pub mod membership;
 pub mod partition_consumer;
 pub mod redis_bus;
+pub mod status;
 pub mod topology;
 pub mod worker_node;

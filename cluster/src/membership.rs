@@ -49,6 +49,8 @@ if ARGV[2] == '0' then
   redis.call('ZREM', KEYS[1], ARGV[1])
 else
   redis.call('ZADD', KEYS[1], now + tonumber(ARGV[2]), ARGV[1])
+  -- A cluster that stops heartbeating leaves nothing behind.
+  redis.call('PEXPIRE', KEYS[1], 10 * tonumber(ARGV[2]))
 end
 return redis.call('ZRANGEBYSCORE', KEYS[1], now, '+inf')
 ";

@@ -18,6 +18,7 @@
 //! anything delivered but not started to the queue, ahead of later messages.
 
 use std::panic::AssertUnwindSafe;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::thread::JoinHandle;
 
@@ -100,13 +101,15 @@ pub struct PartitionConsumer {
 }
 
 impl PartitionConsumer {
-    /// Starts consuming `partition` on a new channel of `connection`.
+    /// Starts consuming `partition` on a new channel of `connection`; `applied` counts the
+    /// instructions applied (for the node's description in `ferry status`).
     pub async fn start(
         connection: &Connection,
         topology: &Topology,
         partition: u32,
         worker: Arc<Worker>,
         options: ConsumerOptions,
+        applied: Arc<AtomicU64>,
     ) -> Result<PartitionConsumer, ConsumerError> {
         let broker = |source| ConsumerError::Broker { partition, source };
         let channel = connection.create_channel().await.map_err(broker)?;
@@ -126,7 +129,7 @@ impl PartitionConsumer {
         let max_batch = options.max_batch.max(1);
         let thread = std::thread::Builder::new()
             .name(format!("ferry-apply-p{partition:03}"))
-            .spawn(move || apply_loop(&worker, &jobs_rx, &done_tx, max_batch))
+            .spawn(move || apply_loop(&worker, &jobs_rx, &done_tx, max_batch, &applied))
             .map_err(|source| ConsumerError::Spawn { partition, source })?;
         let cancel = CancellationToken::new();
         let task = tokio::spawn(consume(
@@ -167,6 +170,7 @@ fn apply_loop(
     jobs: &Receiver<Job>,
     done: &mpsc::UnboundedSender<Outcome>,
     max_batch: usize,
+    applied_total: &AtomicU64,
 ) {
     while let Ok(first) = jobs.recv() {
         let mut batch = vec![first];
@@ -192,6 +196,9 @@ fn apply_loop(
             }
         }
         let applied = std::panic::catch_unwind(AssertUnwindSafe(|| worker.apply_batch(items)));
+        if applied.is_ok() {
+            applied_total.fetch_add(count as u64, Ordering::Relaxed);
+        }
         let mut answers = std::mem::take(&mut *answers.lock()).into_iter();
         for (tag, reply_to, n) in shapes {
             let outcome = if applied.is_ok() {

@@ -161,6 +161,10 @@ struct Shared {
     options: RedisBusOptions,
     registry: RwLock<Registry>,
     published: AtomicU64,
+    /// Events taken into the publish queue, and those the publisher is done with (sent or
+    /// dropped): equal when nothing waits to go to Redis.
+    accepted: AtomicU64,
+    settled: AtomicU64,
     delivered: AtomicU64,
     dropped: AtomicU64,
     reconnects: AtomicU64,
@@ -297,6 +301,8 @@ impl RedisChangeBus {
             options,
             registry: RwLock::new(Registry::default()),
             published: AtomicU64::new(0),
+            accepted: AtomicU64::new(0),
+            settled: AtomicU64::new(0),
             delivered: AtomicU64::new(0),
             dropped: AtomicU64::new(0),
             reconnects: AtomicU64::new(0),
@@ -330,6 +336,21 @@ impl RedisChangeBus {
     /// Events Redis recorded and published.
     pub fn published(&self) -> u64 {
         self.shared.published.load(Ordering::Relaxed)
+    }
+
+    /// Waits (blocking: call it off the async threads) until every event published so far
+    /// went to Redis or was dropped, at most `timeout`; whether it got there. A worker calls it
+    /// before it exits, so that the last changes it acknowledged reach their watchers.
+    pub fn flush(&self, timeout: Duration) -> bool {
+        let deadline = std::time::Instant::now() + timeout;
+        let target = self.shared.accepted.load(Ordering::Acquire);
+        while self.shared.settled.load(Ordering::Acquire) < target {
+            if std::time::Instant::now() >= deadline {
+                return false;
+            }
+            std::thread::sleep(Duration::from_millis(2));
+        }
+        true
     }
 
     /// Events handed to sinks (one per sink).
@@ -394,15 +415,20 @@ impl ChangeBus for RedisChangeBus {
             stream_id: stream_id(event.rev),
             body,
         };
-        if let Err(err) = self.publish_queue.try_send(outgoing) {
-            let dropped = self.shared.dropped.fetch_add(1, Ordering::Relaxed) + 1;
-            // One line per thousand drops: a full queue drops events by the thousand.
-            if dropped % 1000 == 1 {
-                let why = match err {
-                    mpsc::error::TrySendError::Full(_) => "the publish queue is full",
-                    mpsc::error::TrySendError::Closed(_) => "the bus is shut down",
-                };
-                warn!(dropped_total = dropped, "dropping change events: {why}");
+        match self.publish_queue.try_send(outgoing) {
+            Ok(()) => {
+                self.shared.accepted.fetch_add(1, Ordering::Relaxed);
+            }
+            Err(err) => {
+                let dropped = self.shared.dropped.fetch_add(1, Ordering::Relaxed) + 1;
+                // One line per thousand drops: a full queue drops events by the thousand.
+                if dropped % 1000 == 1 {
+                    let why = match err {
+                        mpsc::error::TrySendError::Full(_) => "the publish queue is full",
+                        mpsc::error::TrySendError::Closed(_) => "the bus is shut down",
+                    };
+                    warn!(dropped_total = dropped, "dropping change events: {why}");
+                }
             }
         }
     }
@@ -520,6 +546,7 @@ async fn run_publisher(
             let err = match call.invoke_async::<usize>(&mut redis).await {
                 Ok(_) => {
                     shared.published.fetch_add(batch.len() as u64, Ordering::Relaxed);
+                    shared.settled.fetch_add(batch.len() as u64, Ordering::Relaxed);
                     if failures > 0 {
                         info!(failures, "publishing change events to redis again");
                     }
@@ -531,6 +558,7 @@ async fn run_publisher(
             let permanent = matches!(err.retry_method(), RetryMethod::NoRetry);
             if permanent && failures >= ATTEMPTS_ON_PERMANENT_ERROR {
                 shared.dropped.fetch_add(batch.len() as u64, Ordering::Relaxed);
+                shared.settled.fetch_add(batch.len() as u64, Ordering::Relaxed);
                 error!(events = batch.len(), error = %err, "redis refuses a batch of change events; dropping it");
                 break;
             }
@@ -542,6 +570,7 @@ async fn run_publisher(
                 () = cancel.cancelled() => {
                     let lost = batch.len() + queue.len();
                     shared.dropped.fetch_add(lost as u64, Ordering::Relaxed);
+                    shared.settled.fetch_add(lost as u64, Ordering::Relaxed);
                     warn!(events = lost, "change bus closed while redis was unreachable; its unsent events are dropped");
                     return;
                 }

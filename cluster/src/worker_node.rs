@@ -16,6 +16,7 @@
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -115,6 +116,8 @@ pub struct WorkerNode {
     state: Arc<NodeState>,
     held: BTreeMap<u32, Held>,
     connection: Option<Connection>,
+    /// Instructions applied by this process, over every partition it held.
+    applied: Arc<AtomicU64>,
 }
 
 impl WorkerNode {
@@ -139,6 +142,7 @@ impl WorkerNode {
             state: Arc::new(NodeState::default()),
             held: BTreeMap::new(),
             connection: None,
+            applied: Arc::new(AtomicU64::new(0)),
         })
     }
 
@@ -206,6 +210,7 @@ impl WorkerNode {
             ("pid", std::process::id().to_string()),
             ("partitions", owned.join(",")),
             ("data_dir", self.options.data_dir.display().to_string()),
+            ("applied", self.applied.load(Ordering::Relaxed).to_string()),
         ];
         if let Err(e) =
             self.membership.describe(&self.options.id, &fields, self.options.lease).await
@@ -300,6 +305,7 @@ impl WorkerNode {
             partition,
             worker,
             self.options.consumer,
+            self.applied.clone(),
         )
         .await
         {

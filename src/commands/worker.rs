@@ -54,7 +54,8 @@ pub fn run(config: &FerryConfig, args: &WorkerArgs) -> anyhow::Result<ExitCode> 
     options.lease = Duration::from_millis(c.lease_ms);
     runtime.block_on(async {
         let shutdown = cancel_on_signal("worker")?;
-        let node = WorkerNode::new(options, Arc::new(bus), Some(logger.instruction_log()))
+        let bus = Arc::new(bus);
+        let node = WorkerNode::new(options, bus.clone(), Some(logger.instruction_log()))
             .await
             .context("starting the worker")?;
         println!(
@@ -66,6 +67,11 @@ pub fn run(config: &FerryConfig, args: &WorkerArgs) -> anyhow::Result<ExitCode> 
         use std::io::Write;
         let _ = std::io::stdout().flush();
         node.run(shutdown).await;
+        // The partitions are closed: let the last change events reach Redis before exiting.
+        let flushed = tokio::task::spawn_blocking(move || bus.flush(Duration::from_secs(5))).await;
+        if !matches!(flushed, Ok(true)) {
+            tracing::warn!("some change events may not have reached redis before stopping");
+        }
         anyhow::Ok(())
     })?;
     drop(runtime);
