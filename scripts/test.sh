@@ -3,6 +3,7 @@
 # the tests need (RabbitMQ, Redis, Python 3); on a machine that already runs them it only checks.
 #
 # Environment knobs (all optional):
+#   FERRY_FAILOVER_KILLS=N     SIGKILLs of a worker in the distributed failover test (default 1)
 #   FERRY_CRASH_KILLS=N        SIGKILL crash iterations of the store's process crash test (default 30)
 #   FERRY_CRASH_ITERATIONS=N   simulated-crash iterations of the store's crash tests
 #   FERRY_TEST_ARGS="..."      extra arguments after `cargo test ... --`

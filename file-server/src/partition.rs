@@ -93,7 +93,6 @@ mod tests {
         assert!(a < 16);
     }
 
-
     fn key(prefix: &str, depth: u32) -> Option<String> {
         prefix_partition_key(prefix, depth).map(|k| k.as_str().to_owned())
     }

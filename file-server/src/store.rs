@@ -384,7 +384,6 @@ impl<'a> ListCursor<'a> {
     }
 }
 
-
 fn sync_dir(dir: &Path) -> Result<()> {
     fs::File::open(dir).and_then(|f| f.sync_all()).map_err(|e| StoreError::io("sync", dir, e))
 }
