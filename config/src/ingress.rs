@@ -41,6 +41,9 @@ pub struct IngressConfig {
     /// The working set loaded when a client connects; `{sub}` is replaced by the token's
     /// subject. Default `/home/{sub}/`.
     pub home_prefix: String,
+    /// `GET /v1/route` sends new clients only to ingress nodes under this share of their
+    /// `max_connections` (percent); when all are at it, 503 with `Retry-After`. Default 90.
+    pub route_threshold_percent: u32,
 }
 
 impl Default for IngressConfig {
@@ -58,6 +61,7 @@ impl Default for IngressConfig {
             drain_timeout_ms: 5_000,
             allowed_origins: Vec::new(),
             home_prefix: "/home/{sub}/".to_owned(),
+            route_threshold_percent: 90,
         }
     }
 }
@@ -76,6 +80,7 @@ impl IngressConfig {
         range("idle_timeout_ms", self.idle_timeout_ms, 1, 86_400_000);
         range("ping_interval_ms", self.ping_interval_ms, 1, 86_400_000);
         range("drain_timeout_ms", self.drain_timeout_ms, 0, 3_600_000);
+        range("route_threshold_percent", self.route_threshold_percent.into(), 1, 100);
         if self.listen.parse::<SocketAddr>().is_err() {
             out.push(Invalid::new(
                 "ingress.listen",

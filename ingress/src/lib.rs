@@ -1,7 +1,8 @@
 //! Ferry's edge: the WebSocket server clients connect to, and the Rust client for it.
 //!
 //! The server ([`Ingress`]) speaks the protocol of `docs/PROTOCOL.md` on `GET /v1/ws` and answers
-//! `GET /healthz` and `GET /readyz`. It authenticates each handshake ([`auth`]), enforces the
+//! `GET /healthz`, `GET /readyz` and `GET /v1/route` (the least loaded ingress node for a new
+//! client, [`placement`]). It authenticates each handshake ([`auth`]), enforces the
 //! per-connection and per-node limits, stamps the subject and rights on every instruction and
 //! hands it to an [`InstructionQueue`](ferry_protocol::InstructionQueue); it watches files
 //! through a [`ChangeBus`](ferry_protocol::ChangeBus), one bus subscription per topic for all of
@@ -34,6 +35,7 @@
 pub mod auth;
 pub mod client;
 mod outbox;
+pub mod placement;
 mod rate;
 mod server;
 mod session;
@@ -75,6 +77,9 @@ pub struct IngressOptions {
     pub home_prefix: String,
     /// Names of the application's own ops (`Operation::Custom`), parsed as such.
     pub custom_ops: Vec<String>,
+    /// `GET /v1/route` sends clients only to nodes under this share of their
+    /// `max_connections`, in percent; when every node is at it, 503 with `Retry-After`.
+    pub route_threshold_percent: u32,
 }
 
 impl Default for IngressOptions {
@@ -92,6 +97,7 @@ impl Default for IngressOptions {
             allowed_origins: Vec::new(),
             home_prefix: "/home/{sub}/".to_owned(),
             custom_ops: Vec::new(),
+            route_threshold_percent: 90,
         }
     }
 }

@@ -11,7 +11,7 @@ use axum::extract::{Query, State};
 use axum::http::{header, HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
-use axum::Router;
+use axum::{Json, Router};
 use ferry_protocol::{ChangeBus, InstructionQueue};
 use hyper_util::rt::{TokioIo, TokioTimer};
 use hyper_util::service::TowerToHyperService;
@@ -21,6 +21,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use crate::auth::Authenticator;
+use crate::placement::{choose, NodeLoad, Peers};
 use crate::subscriptions::Fanout;
 use crate::IngressOptions;
 
@@ -49,6 +50,9 @@ pub(crate) struct Shared {
     next_connection: AtomicU64,
     next_instruction: AtomicU64,
     tracker: TaskTracker,
+    peers: Peers,
+    /// Where clients reach this node, once it listens.
+    url: std::sync::OnceLock<String>,
 }
 
 impl Shared {
@@ -120,6 +124,8 @@ impl Ingress {
                 next_connection: AtomicU64::new(1),
                 next_instruction: AtomicU64::new(1),
                 tracker: TaskTracker::new(),
+                peers: Peers::default(),
+                url: std::sync::OnceLock::new(),
             }),
         }
     }
@@ -134,13 +140,23 @@ impl Ingress {
         }
     }
 
+    /// The other ingress nodes' loads, for `GET /v1/route` (the distributed mode refreshes
+    /// them; alone, a node routes every client to itself).
+    pub fn set_peers(&self, peers: Vec<NodeLoad>) {
+        self.shared.peers.set(peers);
+    }
+
     /// Serves `listener` until `shutdown` is cancelled, then stops accepting, lets every
     /// connection's in-flight requests be answered (up to `drain_timeout`), closes every
     /// connection with 1001 and returns once all are gone.
     pub async fn serve(&self, listener: TcpListener, shutdown: CancellationToken) {
         let shared = &self.shared;
+        if let Ok(addr) = listener.local_addr() {
+            let _ = shared.url.set(ws_url(addr));
+        }
         let router = Router::new()
             .route("/v1/ws", get(upgrade))
+            .route("/v1/route", get(route))
             .route("/healthz", get(|| async { "ok\n" }))
             .route("/readyz", get(ready))
             .with_state(shared.clone());
@@ -193,6 +209,26 @@ async fn ready(State(shared): State<Arc<Shared>>) -> Response {
     } else {
         let open = shared.connections.load(Ordering::Acquire);
         (StatusCode::OK, format!("ready: {open} connections\n")).into_response()
+    }
+}
+
+/// `GET /v1/route`: `{"url":..,"connections":..,"capacity":..}` of the least loaded node under
+/// the threshold, or 503 with `Retry-After` when every node is at it.
+async fn route(State(shared): State<Arc<Shared>>) -> Response {
+    let this = NodeLoad {
+        url: shared.url.get().cloned().unwrap_or_default(),
+        connections: shared.connections.load(Ordering::Acquire),
+        capacity: shared.options.max_connections,
+    };
+    let nodes = shared.peers.with(this);
+    match choose(&nodes, shared.options.route_threshold_percent) {
+        Some(node) if !shared.shutdown.is_cancelled() => Json(node.clone()).into_response(),
+        _ => {
+            let body = serde_json::json!({"error": {"code": "unavailable", "message":
+                "every ingress node is at its connection threshold: retry later"}});
+            (StatusCode::SERVICE_UNAVAILABLE, [(header::RETRY_AFTER, "5")], Json(body))
+                .into_response()
+        }
     }
 }
 

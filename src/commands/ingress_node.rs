@@ -14,7 +14,8 @@ use ferry_cluster::redis_bus::RedisChangeBus;
 use ferry_cluster::topology::Topology;
 use ferry_config::FerryConfig;
 use ferry_file_server::store::read_layout;
-use ferry_ingress::Ingress;
+use ferry_ingress::placement::NodeLoad;
+use ferry_ingress::{ws_url, Ingress};
 use tokio::net::TcpListener;
 
 use super::cluster_options::{amqp_queue_options, bus_options, node_id, queue_limits};
@@ -85,8 +86,15 @@ pub fn run(config: &FerryConfig, args: &IngressArgs) -> anyhow::Result<ExitCode>
         use std::io::Write;
         let _ = std::io::stdout().flush();
         let ingress = Arc::new(ingress);
-        let heartbeat =
-            tokio::spawn(heartbeat(membership, id.clone(), addr, ingress.clone(), c.lease_ms));
+        let capacity = config.ingress.max_connections;
+        let heartbeat = tokio::spawn(heartbeat(
+            membership,
+            id.clone(),
+            addr,
+            capacity,
+            ingress.clone(),
+            c.lease_ms,
+        ));
         ingress.serve(listener, shutdown).await;
         heartbeat.abort();
         anyhow::Ok(())
@@ -121,11 +129,13 @@ async fn cluster_layout(
     }
 }
 
-/// Keeps the node in the membership with its address and connection count.
+/// Keeps the node in the membership with its address, connection count and capacity, and
+/// refreshes the other nodes' loads for `GET /v1/route`.
 async fn heartbeat(
     membership: Membership,
     id: String,
     addr: SocketAddr,
+    capacity: usize,
     ingress: Arc<Ingress>,
     lease_ms: u64,
 ) {
@@ -133,18 +143,40 @@ async fn heartbeat(
     let mut tick = tokio::time::interval(lease / 3);
     loop {
         tick.tick().await;
-        if let Err(e) = membership.heartbeat(&id, lease).await {
-            tracing::warn!(error = %e, "ingress heartbeat");
-            continue;
-        }
+        let members = match membership.heartbeat(&id, lease).await {
+            Ok(members) => members,
+            Err(e) => {
+                tracing::warn!(error = %e, "ingress heartbeat");
+                continue;
+            }
+        };
         let stats = ingress.stats();
         let fields = [
             ("pid", std::process::id().to_string()),
             ("addr", addr.to_string()),
             ("connections", stats.connections.to_string()),
+            ("capacity", capacity.to_string()),
         ];
         if let Err(e) = membership.describe(&id, &fields, lease).await {
             tracing::warn!(error = %e, "describing the ingress");
         }
+        let mut peers = Vec::new();
+        for member in members.iter().filter(|m| **m != id) {
+            if let Ok(description) = membership.description(member).await {
+                peers.extend(peer_load(&description));
+            }
+        }
+        ingress.set_peers(peers);
     }
+}
+
+/// A peer's load from its description in Redis, if complete.
+fn peer_load(description: &[(String, String)]) -> Option<NodeLoad> {
+    let field = |name: &str| description.iter().find(|(k, _)| k == name).map(|(_, v)| v.as_str());
+    let addr: SocketAddr = field("addr")?.parse().ok()?;
+    Some(NodeLoad {
+        url: ws_url(addr),
+        connections: field("connections")?.parse().ok()?,
+        capacity: field("capacity")?.parse().ok()?,
+    })
 }

@@ -21,6 +21,7 @@ pub fn ingress_options(c: &IngressConfig) -> IngressOptions {
         allowed_origins: c.allowed_origins.clone(),
         home_prefix: c.home_prefix.clone(),
         custom_ops: Vec::new(),
+        route_threshold_percent: c.route_threshold_percent,
     }
 }
 
