@@ -6,38 +6,12 @@ mod common;
 
 use std::path::Path;
 use std::process::Command;
-use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::{Duration, Instant};
 
-use common::cluster::{within, Cluster, AMQP_URL, REDIS_URL, TIMEOUT};
-use ferry_ingress::client::{Client, ClientError};
+use common::cluster::{free_port, within, Cluster, SHARED_AMQP_URL, SHARED_REDIS_URL, TIMEOUT};
+use common::writes::Writes;
+use ferry_ingress::client::Client;
 use serde_json::json;
-
-/// Waits until `count` acknowledged writes were made (the load is under way).
-async fn acked_at_least(acked: &AtomicU32, count: u32) {
-    within(async {
-        while acked.load(Ordering::Relaxed) < count {
-            tokio::time::sleep(Duration::from_millis(5)).await;
-        }
-    })
-    .await
-}
-
-/// Appends with an idempotency key, retrying what the protocol says may be retried, until
-/// acknowledged; returns the revision.
-async fn append_until_acked(client: &Client, path: &str, content: &str, key: &str) -> u64 {
-    let deadline = Instant::now() + TIMEOUT;
-    loop {
-        let request = json!({"op": "append", "path": path, "content": content, "key": key});
-        match client.call(request).await {
-            Ok(answer) => return answer["rev"].as_u64().expect("a write answers its revision"),
-            Err(ClientError::Server { code, .. }) if code == "unavailable" || code == "busy" => {}
-            Err(e) => panic!("append {key} to {path}: {e}"),
-        }
-        assert!(Instant::now() < deadline, "append {key} to {path} never acknowledged");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn clients_on_two_ingress_nodes_share_files_applied_by_two_workers() {
@@ -111,25 +85,25 @@ async fn a_worker_killed_under_load_loses_nothing_and_applies_nothing_twice() {
         let files: Vec<String> = (0..8).map(|f| format!("/home/r{round}f{f}/log")).collect();
         let writes_per_file = 60usize;
         let mut tasks = Vec::new();
-        let acked = std::sync::Arc::new(AtomicU32::new(0));
+        let writes = Writes::new(TIMEOUT);
         for (f, path) in files.iter().enumerate() {
             let client = within(Client::connect(&url, None)).await.unwrap();
             let path = path.clone();
-            let acked = acked.clone();
+            let writes = writes.clone();
             tasks.push(tokio::spawn(async move {
                 let mut acks = Vec::with_capacity(writes_per_file);
                 for i in 0..writes_per_file {
                     let key = format!("{round}-{f}-{i}");
-                    let rev = append_until_acked(&client, &path, &format!("{i};"), &key).await;
+                    let rev =
+                        writes.append_until_acked(&client, &path, &format!("{i};"), &key).await;
                     assert_eq!(rev, i as u64 + 1, "{path}: write {i} got revision {rev}");
-                    acked.fetch_add(1, Ordering::Relaxed);
                     acks.push(Instant::now());
                     tokio::time::sleep(Duration::from_millis(10)).await;
                 }
                 acks
             }));
         }
-        acked_at_least(&acked, 40).await;
+        writes.acked_at_least(40).await;
         cluster.kill(workers.remove(0));
         let killed_at = Instant::now();
         workers.push(cluster.worker(&format!("w{}", round + 2)));
@@ -165,8 +139,8 @@ fn script(dir: &Path, namespace: &str, name: &str, args: &[&str]) -> String {
         .env("FERRY_BIN", env!("CARGO_BIN_EXE_ferry"))
         .env("FERRY_CLUSTER_DIR", dir)
         .env("FERRY_CLUSTER__NAMESPACE", namespace)
-        .env("FERRY_CLUSTER__BROKER_URL", AMQP_URL)
-        .env("FERRY_CLUSTER__BUS_URL", REDIS_URL)
+        .env("FERRY_CLUSTER__BROKER_URL", SHARED_AMQP_URL)
+        .env("FERRY_CLUSTER__BUS_URL", SHARED_REDIS_URL)
         .env("FERRY_INGRESS_BASE_PORT", free_port().to_string())
         .env_remove("FERRY_CONFIG")
         .output()
@@ -178,10 +152,6 @@ fn script(dir: &Path, namespace: &str, name: &str, args: &[&str]) -> String {
         String::from_utf8_lossy(&out.stderr)
     );
     stdout
-}
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -198,17 +168,17 @@ async fn scaling_workers_one_three_one_under_load_loses_nothing() {
     let files: Vec<String> = (0..8).map(|f| format!("/home/s{f}/log")).collect();
     let writes_per_file = 250usize;
     let mut tasks = Vec::new();
-    let acked = std::sync::Arc::new(AtomicU32::new(0));
+    let writes = Writes::new(TIMEOUT);
     for (f, path) in files.iter().enumerate() {
         let client = within(Client::connect(&url, None)).await.unwrap();
         let path = path.clone();
-        let acked = acked.clone();
+        let writes = writes.clone();
         tasks.push(tokio::spawn(async move {
             for i in 0..writes_per_file {
                 let content = format!("{i};");
-                let rev = append_until_acked(&client, &path, &content, &format!("{f}-{i}")).await;
+                let key = format!("{f}-{i}");
+                let rev = writes.append_until_acked(&client, &path, &content, &key).await;
                 assert_eq!(rev, i as u64 + 1, "{path}: write {i} got revision {rev}");
-                acked.fetch_add(1, Ordering::Relaxed);
                 tokio::time::sleep(Duration::from_millis(15)).await;
             }
         }));
@@ -220,12 +190,12 @@ async fn scaling_workers_one_three_one_under_load_loses_nothing() {
             script(&dir, &namespace, "scale.sh", &["worker", workers])
         })
     };
-    acked_at_least(&acked, 40).await;
+    writes.acked_at_least(40).await;
     let up = within(scale("3")).await.unwrap();
-    let at = acked.load(Ordering::Relaxed);
-    acked_at_least(&acked, at + 100).await;
+    let at = writes.acked();
+    writes.acked_at_least(at + 100).await;
     let down = within(scale("1")).await.unwrap();
-    assert!(acked.load(Ordering::Relaxed) < 8 * writes_per_file as u32, "the load ended too soon");
+    assert!(writes.acked() < 8 * writes_per_file as u32, "the load ended too soon");
     assert_eq!(up.matches("started worker").count(), 2, "{up}");
     assert_eq!(down.matches("stopped worker").count(), 2, "{down}");
     for task in tasks {

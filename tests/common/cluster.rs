@@ -1,8 +1,8 @@
 //! A distributed cluster for end-to-end tests: `ferry worker` and `ferry ingress` processes on
-//! the machine's RabbitMQ and Redis, in a namespace of the test's own whose queues, exchanges
-//! and keys are deleted (and whose processes are killed) on drop.
-
-#![allow(dead_code)]
+//! a RabbitMQ and a Redis (the machine's shared ones unless the test brings its own), in a
+//! namespace of the test's own whose queues, exchanges and keys are deleted (and whose processes
+//! are killed) on drop. Each process's stderr goes to a file in the cluster's directory, whose
+//! last lines are printed when the test fails.
 
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
@@ -12,16 +12,22 @@ use std::time::Duration;
 
 use ferry_cluster::topology::{QueueLimits, Topology};
 
-pub const AMQP_URL: &str = "amqp://guest:guest@127.0.0.1:5672/%2f";
-pub const REDIS_URL: &str = "redis://127.0.0.1:6379/";
+pub const SHARED_AMQP_URL: &str = "amqp://guest:guest@127.0.0.1:5672/%2f";
+pub const SHARED_REDIS_URL: &str = "redis://127.0.0.1:6379/";
 pub const TIMEOUT: Duration = Duration::from_secs(30);
 /// `ferry init`'s default.
 pub const PARTITIONS: u32 = 16;
+/// Each broker's part of the cleanup on drop: a broker that is down must not hang the test.
+const CLEANUP_WITHIN: Duration = Duration::from_secs(10);
+/// How much of a process's stderr a failed test prints.
+const STDERR_TAIL_LINES: usize = 30;
 
-/// A namespace of our own on the shared brokers, removed on drop.
+/// A namespace of our own on the brokers, removed on drop.
 pub struct Cluster {
     pub dir: PathBuf,
     pub namespace: String,
+    amqp_url: String,
+    redis_url: String,
     processes: Vec<Process>,
 }
 
@@ -29,21 +35,47 @@ struct Process {
     name: String,
     child: Child,
     url: Option<String>,
+    stderr: PathBuf,
+}
+
+impl Process {
+    fn stop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+
+    fn print_stderr_tail(&self) {
+        let text = std::fs::read_to_string(&self.stderr).unwrap_or_default();
+        let tail: Vec<&str> = text.lines().rev().take(STDERR_TAIL_LINES).collect();
+        eprintln!("--- {} stderr (last lines) ---", self.name);
+        tail.iter().rev().for_each(|line| eprintln!("{line}"));
+    }
 }
 
 impl Drop for Process {
     fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
+        self.stop();
     }
 }
 
 impl Cluster {
-    /// A data directory under `dir` (created with `ferry init`) and a fresh namespace.
+    /// A data directory under `dir` (created with `ferry init`) and a fresh namespace on the
+    /// machine's shared brokers.
     pub fn new(dir: &Path) -> Cluster {
+        Cluster::with_brokers(dir, SHARED_AMQP_URL, SHARED_REDIS_URL)
+    }
+
+    /// Like [`Cluster::new`], on the given brokers.
+    pub fn with_brokers(dir: &Path, amqp_url: &str, redis_url: &str) -> Cluster {
         static NEXT: AtomicU32 = AtomicU32::new(0);
         let namespace = format!("t{}x{}", std::process::id(), NEXT.fetch_add(1, Ordering::Relaxed));
-        let cluster = Cluster { dir: dir.to_owned(), namespace, processes: Vec::new() };
+        let cluster = Cluster {
+            dir: dir.to_owned(),
+            namespace,
+            amqp_url: amqp_url.to_owned(),
+            redis_url: redis_url.to_owned(),
+            processes: Vec::new(),
+        };
         let out = cluster.ferry().arg("init").output().unwrap();
         assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
         cluster
@@ -56,8 +88,8 @@ impl Cluster {
             .env_remove("FERRY_CONFIG")
             .env_remove("FERRY_AUTH__SECRET")
             .env("FERRY_CLUSTER__NAMESPACE", &self.namespace)
-            .env("FERRY_CLUSTER__BROKER_URL", AMQP_URL)
-            .env("FERRY_CLUSTER__BUS_URL", REDIS_URL)
+            .env("FERRY_CLUSTER__BROKER_URL", &self.amqp_url)
+            .env("FERRY_CLUSTER__BUS_URL", &self.redis_url)
             .arg("--data")
             .arg(self.dir.join("data"))
             .arg("--set")
@@ -67,18 +99,19 @@ impl Cluster {
 
     /// Starts a process and waits for its first line on stdout; returns its index.
     pub fn spawn(&mut self, name: &str, args: &[&str]) -> usize {
+        let stderr = self.dir.join(format!("{name}.stderr"));
         let mut child = self
             .ferry()
             .args(args)
             .stdout(Stdio::piped())
-            .stderr(Stdio::null())
+            .stderr(std::fs::File::create(&stderr).unwrap())
             .spawn()
             .unwrap_or_else(|e| panic!("starting {name}: {e}"));
         let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
         let first = lines.next().unwrap_or_else(|| panic!("{name} printed nothing")).unwrap();
         let url = first.split_whitespace().find(|w| w.starts_with("ws://")).map(str::to_owned);
         std::thread::spawn(move || lines.for_each(drop));
-        self.processes.push(Process { name: name.to_owned(), child, url });
+        self.processes.push(Process { name: name.to_owned(), child, url, stderr });
         self.processes.len() - 1
     }
 
@@ -97,11 +130,26 @@ impl Cluster {
         p.child.kill().unwrap_or_else(|e| panic!("killing {}: {e}", p.name));
         p.child.wait().unwrap();
     }
+
+    /// Asserts that every process started is still the one running (none exited, none was
+    /// restarted).
+    pub fn assert_all_running(&mut self) {
+        for p in &mut self.processes {
+            let status = p.child.try_wait().unwrap();
+            assert!(status.is_none(), "{} exited: {status:?}", p.name);
+        }
+    }
 }
 
 impl Drop for Cluster {
     fn drop(&mut self) {
-        self.processes.clear();
+        let failed = std::thread::panicking();
+        for mut p in std::mem::take(&mut self.processes) {
+            p.stop();
+            if failed {
+                p.print_stderr_tail();
+            }
+        }
         // Processes that scripts/scale.sh started (a failed test never reached its `down`).
         for entry in std::fs::read_dir(self.dir.join("run")).into_iter().flatten().flatten() {
             let pid =
@@ -110,38 +158,60 @@ impl Drop for Cluster {
                 unsafe { libc::kill(pid, libc::SIGKILL) };
             }
         }
-        let namespace = self.namespace.clone();
+        let (namespace, amqp_url, redis_url) =
+            (self.namespace.clone(), self.amqp_url.clone(), self.redis_url.clone());
+        // A thread of its own: the test's runtime may be the one dropping us.
         let cleanup = std::thread::spawn(move || {
             let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build();
             runtime.unwrap().block_on(async {
-                if let Ok(connection) =
-                    lapin::Connection::connect(AMQP_URL, Default::default()).await
-                {
-                    if let Ok(channel) = connection.create_channel().await {
-                        let topology =
-                            Topology::new(&namespace, PARTITIONS, QueueLimits::default());
-                        let _ = topology.delete(&channel).await;
+                let deleting = async {
+                    let connection =
+                        lapin::Connection::connect(&amqp_url, Default::default()).await.ok()?;
+                    let channel = connection.create_channel().await.ok()?;
+                    let topology = Topology::new(&namespace, PARTITIONS, QueueLimits::default());
+                    let _ = topology.delete(&channel).await;
+                    Some(())
+                };
+                let _ = tokio::time::timeout(CLEANUP_WITHIN, deleting).await;
+                let forgetting = async {
+                    let client = redis::Client::open(redis_url.as_str()).ok()?;
+                    let mut conn = client.get_multiplexed_async_connection().await.ok()?;
+                    let keys: Vec<String> = redis::cmd("KEYS")
+                        .arg(format!("{namespace}:*"))
+                        .query_async(&mut conn)
+                        .await
+                        .unwrap_or_default();
+                    if !keys.is_empty() {
+                        let _: redis::RedisResult<()> =
+                            redis::cmd("DEL").arg(keys).query_async(&mut conn).await;
                     }
-                }
-                if let Ok(client) = redis::Client::open(REDIS_URL) {
-                    if let Ok(mut conn) = client.get_multiplexed_async_connection().await {
-                        let keys: Vec<String> = redis::cmd("KEYS")
-                            .arg(format!("{namespace}:*"))
-                            .query_async(&mut conn)
-                            .await
-                            .unwrap_or_default();
-                        if !keys.is_empty() {
-                            let _: redis::RedisResult<()> =
-                                redis::cmd("DEL").arg(keys).query_async(&mut conn).await;
-                        }
-                    }
-                }
+                    Some(())
+                };
+                let _ = tokio::time::timeout(CLEANUP_WITHIN, forgetting).await;
             });
         });
         let _ = cleanup.join();
     }
 }
 
+/// Awaits `future` for at most [`TIMEOUT`].
 pub async fn within<T>(future: impl std::future::Future<Output = T>) -> T {
-    tokio::time::timeout(TIMEOUT, future).await.expect("timed out")
+    within_for(TIMEOUT, "a step", future).await
+}
+
+/// Awaits `future` for at most `limit`; the panic names `what` was not done.
+pub async fn within_for<T>(
+    limit: Duration,
+    what: &str,
+    future: impl std::future::Future<Output = T>,
+) -> T {
+    match tokio::time::timeout(limit, future).await {
+        Ok(value) => value,
+        Err(_) => panic!("{what}: not done within {limit:?}"),
+    }
+}
+
+/// A loopback port that was free a moment ago.
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
 }

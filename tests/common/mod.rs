@@ -1,3 +1,7 @@
 //! Helpers shared by the binary's integration tests.
 
+// Each test binary compiles all of `common` and uses a part of it.
+#![allow(dead_code)]
+
 pub mod cluster;
+pub mod writes;
