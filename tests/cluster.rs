@@ -21,6 +21,17 @@ async fn clients_on_two_ingress_nodes_share_files_applied_by_two_workers() {
     cluster.worker("w2");
     let url1 = cluster.ingress("i1");
     let url2 = cluster.ingress("i2");
+    // Placement: both nodes learn each other's load through Redis and name the same node.
+    within(async {
+        loop {
+            let (a, b) = (route(&url1).await, route(&url2).await);
+            if a == b && [&url1, &url2].contains(&&a) {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    })
+    .await;
 
     let writer = within(Client::connect(&url1, None)).await.unwrap();
     let mut near = within(Client::connect(&url1, None)).await.unwrap();
@@ -208,4 +219,18 @@ async fn scaling_workers_one_three_one_under_load_loses_nothing() {
         assert_eq!(file["content"].as_str(), Some(expected.as_str()), "{path}");
     }
     script(&dir, &namespace, "cluster.sh", &["down"]);
+}
+
+/// The URL `GET /v1/route` on the ingress at `ws_url` names.
+async fn route(ws_url: &str) -> String {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let addr = ws_url.trim_start_matches("ws://").trim_end_matches("/v1/ws");
+    let mut stream = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let request = "GET /v1/route HTTP/1.1\r\nHost: ferry\r\nConnection: close\r\n\r\n";
+    stream.write_all(request.as_bytes()).await.unwrap();
+    let mut response = String::new();
+    stream.read_to_string(&mut response).await.unwrap();
+    let body = response.split_once("\r\n\r\n").map_or("", |(_, body)| body);
+    let answer: serde_json::Value = serde_json::from_str(body).unwrap_or_default();
+    answer["url"].as_str().unwrap_or_default().to_owned()
 }
