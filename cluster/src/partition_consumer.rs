@@ -10,8 +10,9 @@
 //! its idempotency keys.
 //!
 //! An unreadable message is rejected without requeue (dead-lettered at once). A message whose
-//! batch made the worker panic is returned with requeue: the queue's delivery limit sends it to
-//! the dead letters after a few attempts, so one poison message cannot stall its partition.
+//! batch made the worker panic is returned with requeue and, redelivered, applied alone: the
+//! innocent messages of the batch then succeed, and the queue's delivery limit sends the poison
+//! one to the dead letters after a few attempts, so it cannot stall its partition.
 //!
 //! [`PartitionConsumer::stop`] is the handover: cancel the consumer, let the apply thread
 //! finish what it was given, answer and acknowledge it, then close the channel, which returns
@@ -78,6 +79,10 @@ struct Job {
     tag: u64,
     reply_to: Option<String>,
     instructions: Vec<Instruction>,
+    /// A redelivered message is applied in a batch of its own: if it was returned because its
+    /// batch made the worker panic, only a poison message fails again, and the innocent
+    /// messages of that batch do not use up their deliveries with it.
+    alone: bool,
 }
 
 /// What the apply thread made of one message.
@@ -172,11 +177,18 @@ fn apply_loop(
     max_batch: usize,
     applied_total: &AtomicU64,
 ) {
-    while let Ok(first) = jobs.recv() {
+    let mut held: Option<Job> = None;
+    loop {
+        let Some(first) = held.take().or_else(|| jobs.recv().ok()) else { return };
+        let mut count = first.instructions.len();
+        let alone = first.alone;
         let mut batch = vec![first];
-        let mut count = batch[0].instructions.len();
-        while count < max_batch {
+        while count < max_batch && !alone {
             match jobs.try_recv() {
+                Ok(job) if job.alone => {
+                    held = Some(job);
+                    break;
+                }
                 Ok(job) => {
                     count += job.instructions.len();
                     batch.push(job);
@@ -250,7 +262,8 @@ async fn consume(
                             Ok(instructions) => {
                                 let reply_to = delivery.properties.reply_to().as_ref().map(|q| q.to_string());
                                 if let Some(jobs) = &jobs {
-                                    let _ = jobs.send(Job { tag, reply_to, instructions });
+                                    let alone = delivery.redelivered;
+                                    let _ = jobs.send(Job { tag, reply_to, instructions, alone });
                                 }
                             }
                             Err(e) => {
@@ -339,5 +352,87 @@ async fn handle(channel: &Channel, acks: &mut Acks, outcome: Outcome) {
                 tracing::warn!(error = %e, "returning a failed instruction message");
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use ferry_file_server::{InitOptions, Store, StoreOptions, WalSync};
+    use ferry_instruction_worker::{LocalBus, LocalBusOptions, WorkerOptions};
+    use ferry_protocol::{
+        ChangeBus, ChangeEvent, EventSink, History, Operation, RequestId, Rights, SubscriptionId,
+        Topic,
+    };
+
+    use super::*;
+
+    /// A bus that panics on changes of `/poison/`: the worker fails whatever batch holds one.
+    struct PoisonedBus(LocalBus);
+
+    impl ChangeBus for PoisonedBus {
+        fn publish(&self, event: ChangeEvent) {
+            assert!(!event.path.starts_with("/poison/"), "poisoned");
+            self.0.publish(event)
+        }
+        fn subscribe(&self, topic: Topic, sink: Arc<dyn EventSink>) -> SubscriptionId {
+            self.0.subscribe(topic, sink)
+        }
+        fn unsubscribe(&self, id: SubscriptionId) {
+            self.0.unsubscribe(id)
+        }
+        fn history(&self, path: &str, since_rev: u64) -> History {
+            self.0.history(path, since_rev)
+        }
+    }
+
+    /// Delivery `tag` of instruction `id`.
+    fn job(tag: u64, id: u64, path: &str, alone: bool) -> Job {
+        let instruction = Instruction {
+            id,
+            client_id: "c".into(),
+            request_id: RequestId::from(id),
+            subject: "s".into(),
+            rights: Arc::new(Rights::all()),
+            // No key for the poison one: every delivery applies it again (and fails again).
+            key: if path.starts_with("/poison/") { String::new() } else { format!("k{id}") },
+            op: Operation::Append { path: path.into(), content: "x".into() },
+            received_at_us: 0,
+        };
+        Job { tag, reply_to: None, instructions: vec![instruction], alone }
+    }
+
+    /// Runs `apply_loop` over `jobs` (all queued before it starts, so that it batches them).
+    fn outcomes(worker: &Worker, jobs: Vec<Job>) -> Vec<(u64, bool)> {
+        let (tx, rx) = crossbeam_channel::unbounded();
+        jobs.into_iter().for_each(|j| tx.send(j).unwrap());
+        drop(tx);
+        let (done_tx, mut done_rx) = mpsc::unbounded_channel();
+        apply_loop(worker, &rx, &done_tx, 100, &AtomicU64::new(0));
+        let mut out = Vec::new();
+        while let Ok(outcome) = done_rx.try_recv() {
+            out.push(match outcome {
+                Outcome::Answered { tag, .. } => (tag, true),
+                Outcome::Failed { tag } => (tag, false),
+            });
+        }
+        out
+    }
+
+    #[test]
+    fn redelivered_messages_are_applied_alone_so_only_the_poison_one_fails_again() {
+        let dir = tempfile::tempdir().unwrap();
+        Store::init(dir.path(), InitOptions { partitions: 1, partition_depth: 2 }).unwrap();
+        let options = StoreOptions { wal_sync: WalSync::Os, ..StoreOptions::default() };
+        let store = Arc::new(Store::open(dir.path(), options).unwrap());
+        let bus = Arc::new(PoisonedBus(LocalBus::new(LocalBusOptions::default())));
+        let worker = Worker::new(store, bus, None, WorkerOptions::default()).unwrap();
+        // First delivery: one batch, which the poison message makes panic.
+        let first =
+            outcomes(&worker, vec![job(1, 1, "/poison/x", false), job(2, 2, "/home/a", false)]);
+        assert_eq!(first, [(1, false), (2, false)]);
+        // Redelivered: each alone; the innocent one is answered (from its idempotency key).
+        let again =
+            outcomes(&worker, vec![job(3, 1, "/poison/x", true), job(4, 2, "/home/a", true)]);
+        assert_eq!(again, [(3, false), (4, true)]);
     }
 }
