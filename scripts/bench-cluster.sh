@@ -43,7 +43,8 @@ if [ "${BENCH_PEAK:-0}" = 1 ]; then
 fi
 scripts/cluster.sh down
 trap - EXIT
-# The namespace's durable queues stay on the broker until deleted.
+# The namespace's durable queues (and its history streams in Redis) stay until deleted.
+redis-cli --scan --pattern "$FERRY_CLUSTER__NAMESPACE:*" 2>/dev/null | xargs -r -n 500 redis-cli del >/dev/null || true
 for q in $(rabbitmqctl list_queues name -q 2>/dev/null | grep "^$FERRY_CLUSTER__NAMESPACE\."); do
   rabbitmqctl delete_queue "$q" -q >/dev/null 2>&1 || true
 done

@@ -155,4 +155,18 @@ async fn main() {
         failed.load(Ordering::Relaxed),
     );
     let _ = topology.delete(&channel).await;
+    // The workers' change history for this namespace, so that runs leave nothing behind.
+    if let Ok(client) = redis::Client::open(REDIS_URL) {
+        if let Ok(mut redis) = client.get_multiplexed_async_connection().await {
+            let keys: Vec<String> = redis::cmd("KEYS")
+                .arg(format!("{namespace}:*"))
+                .query_async(&mut redis)
+                .await
+                .unwrap_or_default();
+            for chunk in keys.chunks(500) {
+                let _: redis::RedisResult<()> =
+                    redis::cmd("DEL").arg(chunk).query_async(&mut redis).await;
+            }
+        }
+    }
 }
