@@ -211,12 +211,12 @@ fn merge_run(
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use ferry_protocol::ChangeOp;
 
     use super::*;
 
-    fn ev(rev: u64) -> Arc<ChangeEvent> {
+    pub(crate) fn ev(rev: u64) -> Arc<ChangeEvent> {
         Arc::new(ChangeEvent {
             path: "/a".into(),
             rev,
@@ -253,7 +253,7 @@ mod tests {
         out
     }
 
-    fn rev_of(text: &str) -> u64 {
+    pub(crate) fn rev_of(text: &str) -> u64 {
         let v: serde_json::Value = serde_json::from_str(text).unwrap();
         v["rev"].as_u64().unwrap()
     }

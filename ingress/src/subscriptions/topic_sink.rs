@@ -185,23 +185,12 @@ async fn fan_out(mut events: mpsc::Receiver<Arc<Fanned>>, state: Arc<ShardState>
 mod tests {
     use std::time::Duration;
 
-    use ferry_protocol::ChangeOp;
     use tokio::sync::mpsc::Receiver;
 
     use super::*;
     use crate::outbox::Outbox;
+    use crate::subscriptions::tests::{ev, rev_of};
     use crate::subscriptions::Feed;
-
-    fn ev(rev: u64) -> Arc<ChangeEvent> {
-        Arc::new(ChangeEvent {
-            path: "/a".into(),
-            rev,
-            change: ChangeOp::Append { content: format!("{rev};").into() },
-            author: "t".into(),
-            ts_ms: 0,
-            partition: 0,
-        })
-    }
 
     /// A live path watch with its outbox's receiving end.
     fn live_watch(id: u64, send_queue: usize) -> (Arc<Watch>, Receiver<Utf8Bytes>) {
@@ -214,11 +203,6 @@ mod tests {
             feed: Mutex::new(Feed::Live { last_rev: 0 }),
         });
         (watch, rx)
-    }
-
-    fn rev_of(text: &str) -> u64 {
-        let v: serde_json::Value = serde_json::from_str(text).unwrap();
-        v["rev"].as_u64().unwrap()
     }
 
     async fn next_rev(rx: &mut Receiver<Utf8Bytes>) -> u64 {
