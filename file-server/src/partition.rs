@@ -39,7 +39,7 @@ pub fn partition_of(path: &FilePath, depth: u32, count: u32) -> u32 {
 /// The partition key every path under `prefix` has, if the prefix fixes one: its first
 /// `depth` segments are complete, each followed by `/` (`/home/alice/` or `/home/alice/x` at
 /// depth 2, but not `/home/alice`, which also matches `/home/alice2/...`).
-pub fn prefix_partition_key(prefix: &str, depth: u32) -> Option<FilePath> {
+fn prefix_partition_key(prefix: &str, depth: u32) -> Option<FilePath> {
     let rest = prefix.strip_prefix('/')?;
     let mut seen = 0;
     for (i, b) in rest.bytes().enumerate() {
@@ -56,7 +56,8 @@ pub fn prefix_partition_key(prefix: &str, depth: u32) -> Option<FilePath> {
 }
 
 /// The partition that holds every path under `prefix`, if the prefix spells out a complete
-/// partition key (see [`prefix_partition_key`]); `None` when its paths may be anywhere.
+/// partition key (`/home/alice/` at depth 2, but not `/home/alice`); `None` when its paths
+/// may be anywhere.
 pub fn partition_of_prefix(prefix: &str, depth: u32, count: u32) -> Option<u32> {
     prefix_partition_key(prefix, depth).map(|key| partition_of(&key, depth, count))
 }

@@ -17,7 +17,7 @@ use serde::{Deserialize, Serialize};
 use crate::backend::{FsDir, StorageDir};
 use crate::error::{Result, StoreError};
 use crate::lock::WriterLock;
-use crate::partition::{partition_of, prefix_partition_key};
+use crate::partition::{partition_of, partition_of_prefix};
 use crate::partition_store::{
     Applied, Change, FlushStats, PartitionStats, PartitionStore, PendingWrite,
 };
@@ -287,8 +287,8 @@ impl Store {
         if limit == 0 {
             return Ok(Vec::new());
         }
-        if let Some(key) = prefix_partition_key(prefix, self.layout.partition_depth) {
-            let p = partition_of(&key, self.layout.partition_depth, self.layout.partitions);
+        let (depth, count) = (self.layout.partition_depth, self.layout.partitions);
+        if let Some(p) = partition_of_prefix(prefix, depth, count) {
             return match &self.partitions[p as usize] {
                 Some(part) => part.list(prefix, after, limit),
                 // Only the routed partition can hold such paths, and it is not open here.
