@@ -14,6 +14,7 @@ use ferry_file_server::ReadOnlyStore;
 use tokio::net::TcpListener;
 
 use super::signals::cancel_on_signal;
+use super::startup::runtime;
 
 #[derive(Args, Debug)]
 pub struct FileServerArgs {
@@ -43,11 +44,7 @@ pub fn run(config: &FerryConfig, args: &FileServerArgs) -> anyhow::Result<ExitCo
         is_reserved: ferry_protocol::is_reserved,
         check_prefix: ferry_protocol::check_prefix,
     };
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .thread_name("ferry-file-server")
-        .build()
-        .context("starting the async runtime")?;
+    let runtime = runtime("ferry-file-server")?;
     runtime.block_on(async {
         let listener = TcpListener::bind(listen)
             .await

@@ -21,6 +21,7 @@ use tokio::net::TcpListener;
 use super::cluster_options::{amqp_queue_options, bus_options, node_id, queue_limits};
 use super::ingress_options::{authenticator, ingress_options, listen_addr};
 use super::signals::cancel_on_signal;
+use super::startup::{runtime, start_logger};
 
 /// How long an ingress waits for a worker to record the cluster's layout.
 const LAYOUT_WAIT: Duration = Duration::from_secs(60);
@@ -43,16 +44,8 @@ pub fn run(config: &FerryConfig, args: &IngressArgs) -> anyhow::Result<ExitCode>
     let auth = authenticator(listen, &config.auth)?;
     let id = args.id.clone().unwrap_or_else(|| node_id("ingress"));
     let c = &config.cluster;
-    let mut logger_config = config.logger.clone();
-    logger_config.directory = config.store.data_dir.join(&config.logger.directory);
-    let logger = ferry_logger::start(&logger_config, &id).context("starting the logger")?;
-    logger.install_diagnostics().context("installing the diagnostic log")?;
-    let _sighup = ferry_logger::reopen_on_sighup(logger.control())?;
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .thread_name("ferry-ingress")
-        .build()
-        .context("starting the async runtime")?;
+    let (logger, _sighup) = start_logger(config, &id)?;
+    let runtime = runtime("ferry-ingress")?;
     let bus =
         RedisChangeBus::connect(&c.bus_url, &c.namespace, bus_options(c), runtime.handle().clone())
             .with_context(|| format!("connecting to the change bus at {}", c.bus_url))?;

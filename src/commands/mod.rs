@@ -12,6 +12,7 @@ pub mod ingress_options;
 pub mod init;
 pub mod serve;
 pub mod signals;
+pub mod startup;
 pub mod status;
 pub mod store_options;
 pub mod token;

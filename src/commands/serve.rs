@@ -8,18 +8,17 @@ use std::sync::Arc;
 use anyhow::Context;
 use clap::Args;
 use ferry_config::FerryConfig;
-use ferry_file_server::store::MANIFEST_FILE;
 use ferry_file_server::Store;
 use ferry_ingress::{Authenticator, Ingress};
 use ferry_instruction_worker::{
     LocalBus, LocalBusOptions, LocalQueue, LocalQueueOptions, Worker, WorkerOptions,
 };
 use tokio::net::TcpListener;
-use tokio::signal::unix::{signal, SignalKind};
-use tokio_util::sync::CancellationToken;
 
 use super::ingress_options::{authenticator, ingress_options, listen_addr};
-use super::store_options::{init_options, store_options};
+use super::signals::cancel_on_signal;
+use super::startup::{ensure_data_dir, runtime, start_logger};
+use super::store_options::store_options;
 
 #[derive(Args, Debug)]
 pub struct ServeArgs {
@@ -34,18 +33,9 @@ pub fn run(config: &FerryConfig, args: &ServeArgs) -> anyhow::Result<ExitCode> {
         None => listen_addr(&config.ingress)?,
     };
     let auth = authenticator(listen, &config.auth)?;
+    ensure_data_dir(config)?;
     let dir = &config.store.data_dir;
-    if !dir.join(MANIFEST_FILE).exists() {
-        Store::init(dir, init_options(&config.store))
-            .with_context(|| format!("creating the data directory {}", dir.display()))?;
-        eprintln!("created data directory {}", dir.display());
-    }
-    let mut logger_config = config.logger.clone();
-    logger_config.directory = dir.join(&config.logger.directory);
-    let logger = ferry_logger::start(&logger_config, &format!("serve-{}", std::process::id()))
-        .context("starting the logger")?;
-    logger.install_diagnostics().context("installing the diagnostic log")?;
-    let _sighup = ferry_logger::reopen_on_sighup(logger.control())?;
+    let (logger, _sighup) = start_logger(config, &format!("serve-{}", std::process::id()))?;
     let store = Arc::new(
         Store::open(dir, store_options(&config.store))
             .with_context(|| format!("opening {}", dir.display()))?,
@@ -60,31 +50,13 @@ pub fn run(config: &FerryConfig, args: &ServeArgs) -> anyhow::Result<ExitCode> {
     let queue = Arc::new(LocalQueue::start(Arc::new(worker), LocalQueueOptions::default())?);
     let ingress = Ingress::new(ingress_options, auth.clone(), queue.clone(), bus);
 
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .thread_name("ferry-ingress")
-        .build()
-        .context("starting the async runtime")?;
+    let runtime = runtime("ferry-ingress")?;
     runtime.block_on(async {
         let listener = TcpListener::bind(listen)
             .await
             .with_context(|| format!("cannot listen on {listen}"))?;
         let addr = listener.local_addr()?;
-        let shutdown = CancellationToken::new();
-        let mut term = signal(SignalKind::terminate()).context("handling SIGTERM")?;
-        let mut int = signal(SignalKind::interrupt()).context("handling SIGINT")?;
-        tokio::spawn({
-            let shutdown = shutdown.clone();
-            async move {
-                tokio::select! {
-                    _ = term.recv() => {}
-                    _ = int.recv() => {}
-                }
-                eprintln!("ferry serve: stopping (draining connections)");
-                tracing::info!("signal received: draining connections");
-                shutdown.cancel();
-            }
-        });
+        let shutdown = cancel_on_signal("serve")?;
         announce(addr, &auth, config);
         ingress.serve(listener, shutdown).await;
         anyhow::Ok(())

@@ -10,13 +10,12 @@ use clap::Args;
 use ferry_cluster::redis_bus::RedisChangeBus;
 use ferry_cluster::worker_node::{WorkerNode, WorkerNodeOptions};
 use ferry_config::FerryConfig;
-use ferry_file_server::store::MANIFEST_FILE;
-use ferry_file_server::Store;
 use std::time::Duration;
 
 use super::cluster_options::{bus_options, node_id, queue_limits};
 use super::signals::cancel_on_signal;
-use super::store_options::{init_options, store_options};
+use super::startup::{ensure_data_dir, runtime, start_logger};
+use super::store_options::store_options;
 
 #[derive(Args, Debug)]
 pub struct WorkerArgs {
@@ -27,23 +26,11 @@ pub struct WorkerArgs {
 
 pub fn run(config: &FerryConfig, args: &WorkerArgs) -> anyhow::Result<ExitCode> {
     let id = args.id.clone().unwrap_or_else(|| node_id("worker"));
+    ensure_data_dir(config)?;
     let dir = &config.store.data_dir;
-    if !dir.join(MANIFEST_FILE).exists() {
-        Store::init(dir, init_options(&config.store))
-            .with_context(|| format!("creating the data directory {}", dir.display()))?;
-        eprintln!("created data directory {}", dir.display());
-    }
-    let mut logger_config = config.logger.clone();
-    logger_config.directory = dir.join(&config.logger.directory);
-    let logger = ferry_logger::start(&logger_config, &id).context("starting the logger")?;
-    logger.install_diagnostics().context("installing the diagnostic log")?;
-    let _sighup = ferry_logger::reopen_on_sighup(logger.control())?;
+    let (logger, _sighup) = start_logger(config, &id)?;
     let c = &config.cluster;
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .thread_name("ferry-worker")
-        .build()
-        .context("starting the async runtime")?;
+    let runtime = runtime("ferry-worker")?;
     let bus =
         RedisChangeBus::connect(&c.bus_url, &c.namespace, bus_options(c), runtime.handle().clone())
             .with_context(|| format!("connecting to the change bus at {}", c.bus_url))?;
