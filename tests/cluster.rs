@@ -95,25 +95,10 @@ async fn a_worker_killed_under_load_loses_nothing_and_applies_nothing_twice() {
         // Files spread over the partitions, so that the killed worker owned some of them.
         let files: Vec<String> = (0..8).map(|f| format!("/home/r{round}f{f}/log")).collect();
         let writes_per_file = 60usize;
-        let mut tasks = Vec::new();
         let writes = Writes::new(TIMEOUT);
-        for (f, path) in files.iter().enumerate() {
-            let client = within(Client::connect(&url, None)).await.unwrap();
-            let path = path.clone();
-            let writes = writes.clone();
-            tasks.push(tokio::spawn(async move {
-                let mut acks = Vec::with_capacity(writes_per_file);
-                for i in 0..writes_per_file {
-                    let key = format!("{round}-{f}-{i}");
-                    let rev =
-                        writes.append_until_acked(&client, &path, &format!("{i};"), &key).await;
-                    assert_eq!(rev, i as u64 + 1, "{path}: write {i} got revision {rev}");
-                    acks.push(Instant::now());
-                    tokio::time::sleep(Duration::from_millis(10)).await;
-                }
-                acks
-            }));
-        }
+        let pace = Duration::from_millis(10);
+        let tasks =
+            write_files(&url, &files, writes_per_file, &format!("{round}-"), pace, &writes).await;
         writes.acked_at_least(40).await;
         cluster.kill(workers.remove(0));
         let killed_at = Instant::now();
@@ -127,13 +112,7 @@ async fn a_worker_killed_under_load_loses_nothing_and_applies_nothing_twice() {
             failover = failover.max(*first_after - killed_at);
         }
         failovers.push(failover);
-        let reader = within(Client::connect(&url, None)).await.unwrap();
-        let expected: String = (0..writes_per_file).map(|i| format!("{i};")).collect();
-        for path in &files {
-            let file = within(reader.get(path)).await.unwrap();
-            assert_eq!(file["content"].as_str(), Some(expected.as_str()), "{path}");
-            assert_eq!(file["rev"].as_u64(), Some(writes_per_file as u64), "{path}");
-        }
+        assert_files_hold(&url, &files, writes_per_file).await;
     }
     failovers.sort();
     eprintln!(
@@ -141,6 +120,47 @@ async fn a_worker_killed_under_load_loses_nothing_and_applies_nothing_twice() {
         failovers[failovers.len() / 2],
         failovers.last().unwrap()
     );
+}
+
+/// Appends `0;`, `1;`, ... to each of `files`, each through a connection of its own, `pace`
+/// apart, with idempotency keys `{key_prefix}{file}-{i}`, checking every revision; each task
+/// returns when its acknowledgements came.
+async fn write_files(
+    url: &str,
+    files: &[String],
+    writes_per_file: usize,
+    key_prefix: &str,
+    pace: Duration,
+    writes: &Writes,
+) -> Vec<tokio::task::JoinHandle<Vec<Instant>>> {
+    let mut tasks = Vec::new();
+    for (f, path) in files.iter().enumerate() {
+        let client = within(Client::connect(url, None)).await.unwrap();
+        let (path, writes, key_prefix) = (path.clone(), writes.clone(), key_prefix.to_owned());
+        tasks.push(tokio::spawn(async move {
+            let mut acks = Vec::with_capacity(writes_per_file);
+            for i in 0..writes_per_file {
+                let key = format!("{key_prefix}{f}-{i}");
+                let rev = writes.append_until_acked(&client, &path, &format!("{i};"), &key).await;
+                assert_eq!(rev, i as u64 + 1, "{path}: write {i} got revision {rev}");
+                acks.push(Instant::now());
+                tokio::time::sleep(pace).await;
+            }
+            acks
+        }));
+    }
+    tasks
+}
+
+/// Every file holds each of its `writes_per_file` appends once and in order.
+async fn assert_files_hold(url: &str, files: &[String], writes_per_file: usize) {
+    let reader = within(Client::connect(url, None)).await.unwrap();
+    let expected: String = (0..writes_per_file).map(|i| format!("{i};")).collect();
+    for path in files {
+        let file = within(reader.get(path)).await.unwrap();
+        assert_eq!(file["content"].as_str(), Some(expected.as_str()), "{path}");
+        assert_eq!(file["rev"].as_u64(), Some(writes_per_file as u64), "{path}");
+    }
 }
 
 /// Runs `scripts/scale.sh` (or `cluster.sh`) for this cluster.
@@ -178,22 +198,9 @@ async fn scaling_workers_one_three_one_under_load_loses_nothing() {
         .to_owned();
     let files: Vec<String> = (0..8).map(|f| format!("/home/s{f}/log")).collect();
     let writes_per_file = 250usize;
-    let mut tasks = Vec::new();
     let writes = Writes::new(TIMEOUT);
-    for (f, path) in files.iter().enumerate() {
-        let client = within(Client::connect(&url, None)).await.unwrap();
-        let path = path.clone();
-        let writes = writes.clone();
-        tasks.push(tokio::spawn(async move {
-            for i in 0..writes_per_file {
-                let content = format!("{i};");
-                let key = format!("{f}-{i}");
-                let rev = writes.append_until_acked(&client, &path, &content, &key).await;
-                assert_eq!(rev, i as u64 + 1, "{path}: write {i} got revision {rev}");
-                tokio::time::sleep(Duration::from_millis(15)).await;
-            }
-        }));
-    }
+    let pace = Duration::from_millis(15);
+    let tasks = write_files(&url, &files, writes_per_file, "", pace, &writes).await;
     // Scale while the writers run: the scripts return once the processes started or stopped.
     let scale = |workers: &'static str| {
         let (dir, namespace) = (dir.clone(), namespace.clone());
@@ -212,12 +219,7 @@ async fn scaling_workers_one_three_one_under_load_loses_nothing() {
     for task in tasks {
         within(task).await.unwrap();
     }
-    let reader = within(Client::connect(&url, None)).await.unwrap();
-    let expected: String = (0..writes_per_file).map(|i| format!("{i};")).collect();
-    for path in &files {
-        let file = within(reader.get(path)).await.unwrap();
-        assert_eq!(file["content"].as_str(), Some(expected.as_str()), "{path}");
-    }
+    assert_files_hold(&url, &files, writes_per_file).await;
     script(&dir, &namespace, "cluster.sh", &["down"]);
 }
 

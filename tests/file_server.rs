@@ -1,11 +1,14 @@
 //! End to end through the `ferry file-server` binary: a store written by `ferry files put`,
 //! read over HTTP, and a graceful stop on SIGTERM.
 
-use std::io::{BufRead, BufReader, Read};
+mod common;
+
+use std::io::Read;
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
+use common::process::{spawn_announcing, url_in};
 use http_body_util::{BodyExt, Empty};
 use hyper::body::Bytes;
 use hyper::StatusCode;
@@ -39,22 +42,13 @@ impl Drop for FileServer {
 
 /// Starts `ferry file-server` on a free loopback port and waits for its URL.
 fn file_server(data: &Path) -> FileServer {
-    let mut child = ferry(data)
-        .args(["file-server", "--listen", "127.0.0.1:0"])
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("start ferry file-server");
-    let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
-    let first = lines.next().expect("ferry file-server printed its URL").unwrap();
-    let url = first
-        .split_whitespace()
-        .find(|w| w.starts_with("http://"))
+    let mut command = ferry(data);
+    command.args(["file-server", "--listen", "127.0.0.1:0"]).stderr(Stdio::piped());
+    let (child, first) = spawn_announcing(&mut command, "ferry file-server");
+    let url = url_in(&first, "http://")
         .unwrap_or_else(|| panic!("no URL in {first:?}"))
         .trim_end_matches('/')
         .to_owned();
-    // Keep draining stdout so that the server never blocks on a full pipe.
-    std::thread::spawn(move || lines.for_each(drop));
     FileServer { child, url }
 }
 

@@ -1,11 +1,14 @@
 //! End to end through the `ferry serve` binary: real WebSocket clients, the command-line
 //! client, tokens, graceful stop and SIGKILL.
 
-use std::io::{BufRead, BufReader, Read};
+mod common;
+
+use std::io::Read;
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
+use common::process::{spawn_announcing, url_in};
 use ferry_ingress::client::{Client, ClientError};
 use serde_json::json;
 
@@ -33,18 +36,10 @@ fn ferry(dir: &Path) -> Command {
 
 /// Starts `ferry serve` on a free loopback port and waits for its URL.
 fn serve(dir: &Path, envs: &[(&str, &str)]) -> Server {
-    let mut child = ferry(dir)
-        .args(["serve", "--listen", "127.0.0.1:0"])
-        .envs(envs.iter().copied())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("start ferry serve");
-    let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
-    let first = lines.next().expect("ferry serve printed its URL").unwrap();
-    let url = first.split_whitespace().find(|w| w.starts_with("ws://")).unwrap().to_owned();
-    // Keep draining stdout so that the server never blocks on a full pipe.
-    std::thread::spawn(move || lines.for_each(drop));
+    let mut command = ferry(dir);
+    command.args(["serve", "--listen", "127.0.0.1:0"]).envs(envs.iter().copied());
+    let (child, first) = spawn_announcing(command.stderr(Stdio::piped()), "ferry serve");
+    let url = url_in(&first, "ws://").expect("ferry serve printed its URL");
     Server { child, url }
 }
 

@@ -4,12 +4,12 @@
 //! are killed) on drop. Each process's stderr goes to a file in the cluster's directory, whose
 //! last lines are printed when the test fails.
 
-use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::{Child, Command};
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::Duration;
 
+use super::process::{spawn_announcing, url_in};
 use ferry_cluster::topology::{QueueLimits, Topology};
 
 pub const SHARED_AMQP_URL: &str = "amqp://guest:guest@127.0.0.1:5672/%2f";
@@ -100,17 +100,9 @@ impl Cluster {
     /// Starts a process and waits for its first line on stdout; returns its index.
     pub fn spawn(&mut self, name: &str, args: &[&str]) -> usize {
         let stderr = self.dir.join(format!("{name}.stderr"));
-        let mut child = self
-            .ferry()
-            .args(args)
-            .stdout(Stdio::piped())
-            .stderr(std::fs::File::create(&stderr).unwrap())
-            .spawn()
-            .unwrap_or_else(|e| panic!("starting {name}: {e}"));
-        let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
-        let first = lines.next().unwrap_or_else(|| panic!("{name} printed nothing")).unwrap();
-        let url = first.split_whitespace().find(|w| w.starts_with("ws://")).map(str::to_owned);
-        std::thread::spawn(move || lines.for_each(drop));
+        let stderr_file = std::fs::File::create(&stderr).unwrap();
+        let (child, first) = spawn_announcing(self.ferry().args(args).stderr(stderr_file), name);
+        let url = url_in(&first, "ws://");
         self.processes.push(Process { name: name.to_owned(), child, url, stderr });
         self.processes.len() - 1
     }

@@ -4,4 +4,5 @@
 #![allow(dead_code)]
 
 pub mod cluster;
+pub mod process;
 pub mod writes;
