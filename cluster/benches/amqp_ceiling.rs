@@ -25,39 +25,29 @@ use lapin::types::FieldTable;
 use lapin::{BasicProperties, Connection, ConnectionProperties};
 use tokio::sync::Semaphore;
 
+/// The raw RabbitMQ ceiling (see the module documentation).
+#[derive(clap::Parser)]
 struct Args {
+    #[arg(long, default_value = "amqp://guest:guest@127.0.0.1:5672/%2f")]
     url: String,
+    /// Measured seconds.
+    #[arg(long, default_value_t = 10.0)]
     seconds: f64,
+    /// Seconds before measuring.
+    #[arg(long, default_value_t = 2.0)]
     warmup: f64,
+    /// Message bytes.
+    #[arg(long, default_value_t = 500)]
     size: usize,
+    /// Queues, one per partition.
+    #[arg(long, default_value_t = 16)]
     partitions: u32,
+    /// Publishes awaiting their confirms.
+    #[arg(long, default_value_t = 32)]
     in_flight: usize,
-}
-
-fn args() -> Args {
-    let mut a = Args {
-        url: "amqp://guest:guest@127.0.0.1:5672/%2f".to_owned(),
-        seconds: 10.0,
-        warmup: 2.0,
-        size: 500,
-        partitions: 16,
-        in_flight: 32,
-    };
-    let mut it = std::env::args().skip(1);
-    while let Some(flag) = it.next() {
-        let mut value = || it.next().unwrap_or_else(|| panic!("{flag} needs a value"));
-        match flag.as_str() {
-            "--url" => a.url = value(),
-            "--seconds" => a.seconds = value().parse().expect("--seconds"),
-            "--warmup" => a.warmup = value().parse().expect("--warmup"),
-            "--size" => a.size = value().parse().expect("--size"),
-            "--partitions" => a.partitions = value().parse().expect("--partitions"),
-            "--in-flight" => a.in_flight = value().parse().expect("--in-flight"),
-            "--bench" => {}
-            other => panic!("unknown flag {other}"),
-        }
-    }
-    a
+    /// Passed by `cargo bench`.
+    #[arg(long, hide = true)]
+    bench: bool,
 }
 
 fn now_us() -> u64 {
@@ -66,7 +56,7 @@ fn now_us() -> u64 {
 
 #[tokio::main(flavor = "multi_thread", worker_threads = 2)]
 async fn main() {
-    let a = args();
+    let a = <Args as clap::Parser>::parse();
     let namespace = format!("ceiling{}", std::process::id());
     let topology = Topology::new(&namespace, a.partitions, QueueLimits::default());
     let connection = Connection::connect(&a.url, ConnectionProperties::default())

@@ -24,20 +24,28 @@ use tokio_util::sync::CancellationToken;
 const AMQP_URL: &str = "amqp://guest:guest@127.0.0.1:5672/%2f";
 const REDIS_URL: &str = "redis://127.0.0.1:6379/";
 
-fn flag(name: &str, default: usize) -> usize {
-    let args: Vec<String> = std::env::args().collect();
-    args.iter()
-        .position(|a| a == name)
-        .and_then(|i| args.get(i + 1))
-        .map_or(default, |v| v.parse().unwrap_or_else(|_| panic!("{name} takes a number")))
+/// Backlog drain (see the module documentation).
+#[derive(clap::Parser)]
+struct Args {
+    /// Instructions queued before the workers start.
+    #[arg(long, default_value_t = 200_000)]
+    instructions: u64,
+    #[arg(long, default_value_t = 2)]
+    workers: usize,
+    /// Content bytes per `put`.
+    #[arg(long, default_value_t = 500)]
+    size: usize,
+    /// Files the puts spread over.
+    #[arg(long, default_value_t = 2000)]
+    files: u64,
+    /// Passed by `cargo bench`.
+    #[arg(long, hide = true)]
+    bench: bool,
 }
 
 #[tokio::main(flavor = "multi_thread", worker_threads = 2)]
 async fn main() {
-    let total = flag("--instructions", 200_000) as u64;
-    let workers = flag("--workers", 2);
-    let size = flag("--size", 500);
-    let files = flag("--files", 2000) as u64;
+    let Args { instructions: total, workers, size, files, .. } = clap::Parser::parse();
     let namespace = format!("backlog{}", std::process::id());
     let dir = tempfile::tempdir().unwrap();
     let data = dir.path().join("data");
