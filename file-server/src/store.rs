@@ -252,6 +252,12 @@ impl Store {
         self.partitions[p as usize].as_ref().ok_or(StoreError::PartitionNotOpen { partition: p })
     }
 
+    /// Starts a set of changes that survive a crash together or not at all, in each partition
+    /// it joins (a partition has its own log, so there is no atomicity across partitions).
+    pub fn group(&self) -> WriteGroup<'_> {
+        WriteGroup { store: self, joined: Vec::new() }
+    }
+
     /// Applies a change and waits until it is durable (see [`PartitionStore::apply`]).
     pub fn apply(&self, change: Change) -> Result<Applied> {
         self.route(&change.path)?.apply(change)
@@ -404,4 +410,38 @@ fn write_manifest(dir: &Path, layout: InitOptions) -> Result<()> {
     let path = dir.join(MANIFEST_FILE);
     fs::rename(&tmp, &path).map_err(|e| StoreError::io("rename", &path, e))?;
     sync_dir(dir)
+}
+
+/// Changes bound into one atomic group per partition (see [`Store::group`]): every change
+/// submitted to a joined partition, by any caller, until the group is dropped. None of them is
+/// acknowledged ([`PendingWrite::wait`]) before the group is dropped, so drop it before
+/// waiting.
+#[must_use = "the group ends when dropped"]
+pub struct WriteGroup<'a> {
+    store: &'a Store,
+    joined: Vec<u32>,
+}
+
+impl WriteGroup<'_> {
+    /// Binds the changes to `path`'s partition from now on into the group.
+    pub fn join(&mut self, path: &FilePath) {
+        let partition = self.store.partition_of(path);
+        if self.joined.contains(&partition) {
+            return;
+        }
+        if let Some(p) = self.store.partitions[partition as usize].as_ref() {
+            p.begin_group();
+            self.joined.push(partition);
+        }
+    }
+}
+
+impl Drop for WriteGroup<'_> {
+    fn drop(&mut self) {
+        for &partition in &self.joined {
+            if let Some(p) = self.store.partitions[partition as usize].as_ref() {
+                p.end_group();
+            }
+        }
+    }
 }

@@ -18,6 +18,14 @@
 //! Recovery ([`WriteAheadLog::open`]) replays every record after the B+tree's checkpoint. The
 //! first record that is short, fails its CRC or breaks the LSN sequence ends the log: that is
 //! where a crash tore the tail, and the tail is cut there before anything new is written.
+//!
+//! Atomic groups: between [`WriteAheadLog::begin_group`] and [`WriteAheadLog::end_group`] every
+//! record is flagged "grouped", and the group is closed by the next unflagged record (a commit
+//! record written by `end_group`). Recovery replays a group only once its closing record is
+//! there; a log that ends inside a group ends where the group began. This is what makes a
+//! write and the idempotency key that remembers it one unit: both or neither survive a crash.
+//! A record is acknowledged ([`WriteAheadLog::wait`]) only once the log is durably closed after
+//! it, so no one is ever told "done" about a record that recovery could still drop.
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -53,6 +61,10 @@ const OP_PUT: u8 = 1;
 const OP_APPEND: u8 = 2;
 const OP_PATCH: u8 = 3;
 const OP_DELETE: u8 = 4;
+/// Closes an atomic group; changes nothing.
+const OP_COMMIT: u8 = 5;
+/// Set in the op byte of a record that belongs to an atomic group a later record closes.
+const GROUPED: u8 = 0x80;
 
 /// When the log is synced to disk.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -151,8 +163,8 @@ fn body_len(entry: &WalEntry<'_>) -> usize {
     BODY_FIXED_LEN + entry.path.len() + entry.author.len() + extra
 }
 
-/// Appends the framed record to `buf`.
-fn encode(buf: &mut Vec<u8>, lsn: u64, entry: &WalEntry<'_>) -> Result<()> {
+/// Appends the framed record to `buf`, flagged as part of an open atomic group if `grouped`.
+fn encode(buf: &mut Vec<u8>, lsn: u64, entry: &WalEntry<'_>, grouped: bool) -> Result<()> {
     if entry.author.len() > MAX_AUTHOR_BYTES {
         return Err(StoreError::AuthorTooLong { len: entry.author.len(), max: MAX_AUTHOR_BYTES });
     }
@@ -176,7 +188,7 @@ fn encode(buf: &mut Vec<u8>, lsn: u64, entry: &WalEntry<'_>) -> Result<()> {
         WalOp::Patch { insert, .. } => (OP_PATCH, insert),
         WalOp::Delete => (OP_DELETE, &[]),
     };
-    buf.push(op);
+    buf.push(if grouped { op | GROUPED } else { op });
     buf.push(entry.author.len() as u8);
     buf.extend_from_slice(&path_len.to_le_bytes());
     buf.extend_from_slice(&entry.mtime_ms.to_le_bytes());
@@ -188,16 +200,35 @@ fn encode(buf: &mut Vec<u8>, lsn: u64, entry: &WalEntry<'_>) -> Result<()> {
         buf.extend_from_slice(&delete.to_le_bytes());
     }
     buf.extend_from_slice(data);
+    seal(buf, start);
+    Ok(())
+}
+
+/// Appends a commit record: the fixed body part, all zero but the op.
+fn encode_commit(buf: &mut Vec<u8>, lsn: u64) {
+    let start = buf.len();
+    buf.extend_from_slice(&(BODY_FIXED_LEN as u32).to_le_bytes());
+    buf.extend_from_slice(&[0; 4]);
+    buf.extend_from_slice(&lsn.to_le_bytes());
+    buf.push(OP_COMMIT);
+    buf.extend_from_slice(&[0; BODY_FIXED_LEN - 1]);
+    seal(buf, start);
+}
+
+/// Fills in the CRC of the record that starts at `start` and runs to the end of `buf`.
+fn seal(buf: &mut [u8], start: usize) {
     let crc = crc32fast::hash(&buf[start + 8..]);
     buf[start + 4..start + 8].copy_from_slice(&crc.to_le_bytes());
-    Ok(())
 }
 
 /// The result of reading one record.
 enum Frame<'a> {
     Record {
         lsn: u64,
-        entry: WalEntry<'a>,
+        /// `None` for a commit record.
+        entry: Option<WalEntry<'a>>,
+        grouped: bool,
+        body: &'a [u8],
         next: usize,
     },
     /// No more records: nothing left, or a torn or garbled frame (why).
@@ -249,15 +280,27 @@ fn read_frame<'a>(
         return Ok(Frame::End(Some("record out of sequence")));
     }
     let body = &rest[RECORD_HEADER_LEN..RECORD_HEADER_LEN + len];
-    let entry = parse_body(body).map_err(|what| format!("{file}: record {lsn}: {what}"))?;
-    Ok(Frame::Record { lsn, entry, next: offset + RECORD_HEADER_LEN + len })
+    let (entry, grouped) =
+        parse_body(body).map_err(|what| format!("{file}: record {lsn}: {what}"))?;
+    Ok(Frame::Record { lsn, entry, grouped, body, next: offset + RECORD_HEADER_LEN + len })
 }
 
-fn parse_body(body: &[u8]) -> std::result::Result<WalEntry<'_>, &'static str> {
+/// The change a body describes (`None` for a commit record) and whether it is grouped.
+fn parse_body(body: &[u8]) -> std::result::Result<(Option<WalEntry<'_>>, bool), &'static str> {
     if body.len() < BODY_FIXED_LEN {
         return Err("body shorter than its fixed part");
     }
-    let op = body[0];
+    let grouped = body[0] & GROUPED != 0;
+    let op = body[0] & !GROUPED;
+    if op == OP_COMMIT {
+        if grouped {
+            return Err("commit record flagged as grouped");
+        }
+        if body.len() != BODY_FIXED_LEN || body[1..].iter().any(|&b| b != 0) {
+            return Err("commit record carries data");
+        }
+        return Ok((None, false));
+    }
     let author_len = usize::from(body[1]);
     let path_len = usize::from(u16::from_le_bytes([body[2], body[3]]));
     let mtime_ms = u64_at(body, 4);
@@ -281,7 +324,7 @@ fn parse_body(body: &[u8]) -> std::result::Result<WalEntry<'_>, &'static str> {
         OP_DELETE => return Err("delete record carries data"),
         _ => return Err("unknown operation"),
     };
-    Ok(WalEntry { path, author, mtime_ms, rev, op })
+    Ok((Some(WalEntry { path, author, mtime_ms, rev, op }), grouped))
 }
 
 fn segment_header(first_lsn: u64) -> [u8; SEGMENT_HEADER_LEN] {
@@ -338,8 +381,8 @@ struct LogScan {
     expected_next_in_last: u64,
 }
 
-/// Reads every segment in order, handing each record to `visit`, up to the first torn or
-/// invalid frame. Writes nothing.
+/// Reads every segment in order, handing each change record to `visit`, up to the first torn
+/// or invalid frame; a group's records once its closing record is read. Writes nothing.
 fn scan_log(
     dir: &dyn StorageDir,
     visit: &mut dyn FnMut(u64, &WalEntry<'_>) -> Result<()>,
@@ -358,6 +401,7 @@ fn scan_log(
     let mut torn = None;
     let mut expected_next_in_last = 0u64;
     let mut zero_tail = None;
+    let mut open_group: Option<OpenGroup> = None;
     for (i, (first_lsn, name)) in names.iter().enumerate() {
         let path = dir_path.join(name);
         let file = dir
@@ -382,8 +426,33 @@ fn scan_log(
             let frame = read_frame(bytes, offset, expected, name)
                 .map_err(|what| StoreError::corrupt(path.clone(), offset as u64, what))?;
             match frame {
-                Frame::Record { lsn, entry, next } => {
-                    visit(lsn, &entry)?;
+                Frame::Record { lsn, entry, grouped, body, next } => {
+                    if grouped {
+                        let group = open_group.get_or_insert_with(|| OpenGroup {
+                            segment: i,
+                            offset: offset as u64,
+                            first_lsn: lsn,
+                            records: Vec::new(),
+                        });
+                        group.records.push((lsn, body.to_vec()));
+                    } else {
+                        if let Some(group) = open_group.take() {
+                            for (lsn, body) in &group.records {
+                                if let (Some(entry), _) = parse_body(body).map_err(|what| {
+                                    StoreError::corrupt(
+                                        path.clone(),
+                                        0,
+                                        format!("record {lsn}: {what}"),
+                                    )
+                                })? {
+                                    visit(*lsn, &entry)?;
+                                }
+                            }
+                        }
+                        if let Some(entry) = entry {
+                            visit(lsn, &entry)?;
+                        }
+                    }
                     last_lsn = lsn;
                     expected = lsn + 1;
                     offset = next;
@@ -409,7 +478,28 @@ fn scan_log(
             break;
         }
     }
+    if let Some(group) = open_group {
+        // The group was never closed: the log ends where it began, as if torn there.
+        segments.truncate(group.segment + 1);
+        let seg = segments.last_mut().expect("the group's segment was read");
+        seg.bytes = group.offset;
+        seg.allocated = group.offset;
+        torn = Some((group.segment, group.offset, "atomic group never closed"));
+        zero_tail = None;
+        last_lsn = group.first_lsn - 1;
+        expected_next_in_last = group.first_lsn;
+    }
     Ok(LogScan { names, segments, torn, zero_tail, last_lsn, expected_next_in_last })
+}
+
+/// The records of an atomic group read so far, held back until a record closes the group.
+struct OpenGroup {
+    /// Where the group's first record is: index into the segment names, byte offset.
+    segment: usize,
+    offset: u64,
+    first_lsn: u64,
+    /// (LSN, body) of each record.
+    records: Vec<(u64, Vec<u8>)>,
 }
 
 /// Where a log ends before its files do.
@@ -495,6 +585,13 @@ struct State {
     written_lsn: u64,
     /// Every record up to here was synced.
     synced_lsn: u64,
+    /// Atomic groups begun and not yet ended; while any is open, appends are flagged grouped.
+    open_groups: u32,
+    /// The last appended record that leaves no group open (every LSN up to it is closed).
+    closed_lsn: u64,
+    /// `closed_lsn` as of the last write, and as of the last sync: what a waiter may be told.
+    written_closed_lsn: u64,
+    synced_closed_lsn: u64,
     /// A leader is writing; waiters sleep on the condvar.
     leader: bool,
     /// Tells the `Always` syncer thread to return.
@@ -630,6 +727,10 @@ impl WriteAheadLog {
                 next_lsn,
                 written_lsn: next_lsn - 1,
                 synced_lsn: next_lsn - 1,
+                open_groups: 0,
+                closed_lsn: next_lsn - 1,
+                written_closed_lsn: next_lsn - 1,
+                synced_closed_lsn: next_lsn - 1,
                 leader: false,
                 stop_syncer: false,
                 failed: None,
@@ -667,14 +768,55 @@ impl WriteAheadLog {
             return Err(StoreError::Closed);
         }
         let lsn = st.next_lsn;
-        encode(&mut st.buf, lsn, entry)?;
+        let grouped = st.open_groups > 0;
+        encode(&mut st.buf, lsn, entry, grouped)?;
         st.next_lsn += 1;
-        drop(st);
-        if self.shared.sync == WalSync::Always {
-            // Cheap when the syncer is busy: it takes this record in its next round anyway.
-            self.shared.appended.notify_one();
+        if !grouped {
+            st.closed_lsn = lsn;
         }
+        drop(st);
+        self.shared.announce_append();
         Ok(lsn)
+    }
+
+    /// Opens an atomic group: every record appended until the matching
+    /// [`WriteAheadLog::end_group`] (by any thread) survives a crash only together with the
+    /// others. Groups nest: the log is closed when the last open one ends.
+    pub fn begin_group(&self) {
+        self.shared.state.lock().open_groups += 1;
+    }
+
+    /// Ends a group opened by [`WriteAheadLog::begin_group`]. If it was the last open one and
+    /// records were appended in it, a commit record closes them. Waiters for those records are
+    /// released once the commit record is durable.
+    pub fn end_group(&self) {
+        let mut st = self.shared.state.lock();
+        debug_assert!(st.open_groups > 0, "end_group without begin_group");
+        st.open_groups = st.open_groups.saturating_sub(1);
+        if st.open_groups > 0 || st.closed_lsn == st.next_lsn - 1 {
+            return;
+        }
+        let lsn = st.next_lsn;
+        encode_commit(&mut st.buf, lsn);
+        st.next_lsn += 1;
+        st.closed_lsn = lsn;
+        drop(st);
+        // Waiters with nothing to write sleep on `cond` until the group is closed.
+        self.shared.cond.notify_all();
+        self.shared.announce_append();
+    }
+
+    /// Whether an atomic group is open (a checkpoint must not split one).
+    pub fn group_open(&self) -> bool {
+        self.shared.state.lock().open_groups > 0
+    }
+
+    /// Returns once no atomic group is open (or the log has failed).
+    pub fn wait_no_open_group(&self) {
+        let mut st = self.shared.state.lock();
+        while st.open_groups > 0 && st.failed.is_none() {
+            self.shared.cond.wait(&mut st);
+        }
     }
 
     /// Returns once the record `lsn` may be acknowledged under the sync policy: synced for
@@ -828,6 +970,13 @@ impl State {
 }
 
 impl Shared {
+    fn announce_append(&self) {
+        if self.sync == WalSync::Always {
+            // Cheap when the syncer is busy: it takes this record in its next round anyway.
+            self.appended.notify_one();
+        }
+    }
+
     fn sync_all(&self) -> Result<()> {
         let target = self.state.lock().next_lsn - 1;
         self.wait_for(target, true)
@@ -841,11 +990,13 @@ impl Shared {
             if let Some(err) = st.failure() {
                 return Err(err);
             }
-            let reached = if need_sync { st.synced_lsn } else { st.written_lsn };
+            let reached = if need_sync { st.synced_closed_lsn } else { st.written_closed_lsn };
             if reached >= lsn {
                 return Ok(());
             }
-            if st.leader {
+            // With nothing buffered and its group still open, `lsn` waits for the commit record.
+            let group_pending = st.closed_lsn < lsn && st.buf_first_lsn == st.next_lsn;
+            if st.leader || group_pending {
                 self.cond.wait(&mut st);
                 continue;
             }
@@ -860,6 +1011,7 @@ impl Shared {
         let mut batch = std::mem::replace(&mut st.buf, spare);
         let first_lsn = st.buf_first_lsn;
         let last_lsn = st.next_lsn - 1;
+        let closed_lsn = st.closed_lsn;
         st.buf_first_lsn = st.next_lsn;
         let sync = need_sync || self.sync == WalSync::Always;
         let result = MutexGuard::unlocked(st, || self.write_batch(&batch, first_lsn, sync));
@@ -869,8 +1021,10 @@ impl Shared {
         match result {
             Ok(added) => {
                 st.written_lsn = last_lsn;
+                st.written_closed_lsn = closed_lsn;
                 if sync {
                     st.synced_lsn = last_lsn;
+                    st.synced_closed_lsn = closed_lsn;
                 }
                 st.total_bytes += added.bytes;
                 st.segment_count += added.segments;
@@ -972,14 +1126,15 @@ mod tests {
         ];
         let mut buf = Vec::new();
         for (i, op) in ops.iter().enumerate() {
-            encode(&mut buf, 10 + i as u64, &entry("/a/b", i as u64 + 1, *op)).unwrap();
+            encode(&mut buf, 10 + i as u64, &entry("/a/b", i as u64 + 1, *op), false).unwrap();
         }
         let mut offset = 0;
         for (i, op) in ops.iter().enumerate() {
             match read_frame(&buf, offset, 10 + i as u64, "t").unwrap() {
-                Frame::Record { lsn, entry: e, next } => {
+                Frame::Record { lsn, entry: e, grouped, next, .. } => {
                     assert_eq!(lsn, 10 + i as u64);
-                    assert_eq!(e, entry("/a/b", i as u64 + 1, *op));
+                    assert_eq!(e, Some(entry("/a/b", i as u64 + 1, *op)));
+                    assert!(!grouped);
                     offset = next;
                 }
                 Frame::End(why) => panic!("record {i} missing: {why:?}"),
@@ -991,7 +1146,7 @@ mod tests {
     #[test]
     fn torn_flipped_and_out_of_sequence_frames_end_the_log() {
         let mut buf = Vec::new();
-        encode(&mut buf, 1, &entry("/a", 1, WalOp::Put(b"0123456789"))).unwrap();
+        encode(&mut buf, 1, &entry("/a", 1, WalOp::Put(b"0123456789")), false).unwrap();
         for cut in 1..buf.len() {
             let frame = read_frame(&buf[..cut], 0, 1, "t").unwrap();
             assert!(matches!(frame, Frame::End(Some(_))), "cut at {cut}");
@@ -1015,9 +1170,38 @@ mod tests {
     }
 
     #[test]
+    fn grouped_records_and_commit_records_round_trip() {
+        let mut buf = Vec::new();
+        encode(&mut buf, 1, &entry("/a", 1, WalOp::Put(b"x")), true).unwrap();
+        encode_commit(&mut buf, 2);
+        let Frame::Record { entry: e, grouped, next, .. } = read_frame(&buf, 0, 1, "t").unwrap()
+        else {
+            panic!("grouped record missing")
+        };
+        assert_eq!((e, grouped), (Some(entry("/a", 1, WalOp::Put(b"x"))), true));
+        let Frame::Record { lsn, entry: e, grouped, .. } = read_frame(&buf, next, 2, "t").unwrap()
+        else {
+            panic!("commit record missing")
+        };
+        assert_eq!((lsn, e, grouped), (2, None, false));
+    }
+
+    #[test]
+    fn a_commit_record_with_data_or_the_group_flag_is_corruption() {
+        for (at, value, what) in [(0, OP_COMMIT | GROUPED, "flagged"), (5, 1, "carries data")] {
+            let mut buf = Vec::new();
+            encode_commit(&mut buf, 1);
+            buf[RECORD_HEADER_LEN + at] = value;
+            seal(&mut buf, 0);
+            let err = read_frame(&buf, 0, 1, "seg").err().expect("corrupt");
+            assert!(err.contains(what), "{err}");
+        }
+    }
+
+    #[test]
     fn a_checksummed_but_malformed_body_is_corruption() {
         let mut buf = Vec::new();
-        encode(&mut buf, 1, &entry("/a", 1, WalOp::Delete)).unwrap();
+        encode(&mut buf, 1, &entry("/a", 1, WalOp::Delete), false).unwrap();
         buf[RECORD_HEADER_LEN] = 99;
         let crc = crc32fast::hash(&buf[8..]);
         buf[4..8].copy_from_slice(&crc.to_le_bytes());
@@ -1030,7 +1214,7 @@ mod tests {
         let mut buf = Vec::new();
         let author = "x".repeat(MAX_AUTHOR_BYTES + 1);
         let e = WalEntry { path: "/a", author: &author, mtime_ms: 0, rev: 1, op: WalOp::Delete };
-        assert!(matches!(encode(&mut buf, 1, &e), Err(StoreError::AuthorTooLong { .. })));
+        assert!(matches!(encode(&mut buf, 1, &e, false), Err(StoreError::AuthorTooLong { .. })));
         assert!(buf.is_empty());
     }
 

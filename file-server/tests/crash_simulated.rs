@@ -164,6 +164,90 @@ fn every_acknowledged_change_survives_a_simulated_crash() {
     }
 }
 
+/// Runs of changes bound into atomic WAL groups, the background flusher running meanwhile:
+/// after a crash the store holds the state after a prefix that ends between groups, never
+/// inside one, and never before the last acknowledged change.
+#[test]
+fn a_group_of_changes_survives_a_simulated_crash_whole_or_not_at_all() {
+    let iterations: u64 =
+        std::env::var("FERRY_CRASH_ITERATIONS").ok().and_then(|v| v.parse().ok()).unwrap_or(100);
+    for seed in 1..=iterations {
+        let mut rng = Rng(seed.wrapping_mul(0x9e37_79b9_7f4a_7c15) | 1);
+        let dir = CrashSimDir::new("/p000");
+        let store = open(&dir);
+        let mut states = vec![Model::new()];
+        // States the store may recover to: none inside a group.
+        let mut between_groups = vec![true];
+        let mut acknowledged = 0usize;
+        let groups = 3 + rng.below(12);
+        let crash_inside_last = rng.below(2) == 0;
+        for g in 0..groups {
+            let size = 1 + rng.below(5);
+            store.begin_group();
+            let mut pending = Vec::new();
+            for i in 0..size {
+                let (change, next) = random_change(&mut rng, states.last().unwrap());
+                pending.push(store.submit(change).unwrap());
+                states.push(next);
+                between_groups.push(i + 1 == size);
+            }
+            if g + 1 == groups && crash_inside_last {
+                *between_groups.last_mut().unwrap() = false;
+                break;
+            }
+            store.end_group();
+            if rng.below(2) == 0 {
+                for p in pending {
+                    p.wait().unwrap();
+                }
+                acknowledged = states.len() - 1;
+            }
+            if rng.below(6) == 0 {
+                store.flush().unwrap();
+            }
+        }
+        let crashed = dir.crash(seed);
+        if crash_inside_last {
+            // Only so that closing the pre-crash store below does not wait for it forever.
+            store.end_group();
+        }
+        drop(store);
+
+        let store = open(&crashed);
+        let state = read_state(&store);
+        let matching = (acknowledged..states.len())
+            .find(|&k| between_groups[k] && visible(&states[k]) == state);
+        assert!(
+            matching.is_some(),
+            "seed {seed}: recovered state is not the state between two groups from \
+             {acknowledged} on: {state:?}"
+        );
+        store.close().unwrap();
+    }
+}
+
+/// A checkpoint inside a group would put into the tree changes that recovery may drop from
+/// the log: a flush waits for the open group to end.
+#[test]
+fn a_flush_waits_for_the_open_group() {
+    let dir = CrashSimDir::new("/p000");
+    let store = Arc::new(open(&dir));
+    store.begin_group();
+    let pending = store.submit(Change::put(FilePath::parse("/a/1").unwrap(), "x", "t")).unwrap();
+    let (done_tx, done) = crossbeam_channel::bounded(1);
+    let flusher = {
+        let store = store.clone();
+        std::thread::spawn(move || done_tx.send(store.flush().unwrap()).unwrap())
+    };
+    assert!(done.recv_timeout(std::time::Duration::from_millis(200)).is_err(), "flushed a group");
+    store.end_group();
+    let stats = done.recv_timeout(std::time::Duration::from_secs(10)).expect("flushed after");
+    // The group's change and its commit record are both below the checkpoint.
+    assert!(stats.checkpoint_lsn > pending.lsn(), "{stats:?}");
+    pending.wait().unwrap();
+    flusher.join().unwrap();
+}
+
 #[test]
 fn a_failed_wal_sync_is_reported_and_loses_nothing_acknowledged() {
     let dir = CrashSimDir::new("/p000");

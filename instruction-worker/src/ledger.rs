@@ -9,10 +9,10 @@
 //! `(S - 1) * keys_per_slot` and `S * keys_per_slot` recent keys per partition are remembered.
 //!
 //! Ordering: a batch's ledger record is appended to the partition's WAL after the batch's
-//! writes and the answers are sent only once it is durable, so an answered write is always in
-//! the ledger. The one window: a crash after a write became durable but before its ledger
-//! record did (normally they share one group commit). The client got no answer then; its
-//! retry would apply the write a second time.
+//! keyed writes, in one atomic WAL group with them (`Store::group`), and the answers are sent
+//! only once the group is durable. So an answered write is always in the ledger, and a crash
+//! keeps a keyed write together with its key or loses both: a retry after a crash never
+//! applies a write a second time.
 
 use std::collections::HashMap;
 use std::sync::Arc;

@@ -5,7 +5,9 @@
 //!    key) and either answered at once (reads see every earlier write of the batch, errors)
 //!    or submitted to the store (applied in memory and appended to the WAL, not yet durable);
 //! 2. the keys of the batch's writes are appended to each partition's idempotency ledger
-//!    (after the writes, in the same WAL), then every write and ledger record is waited for;
+//!    (after the writes, in the same WAL and the same atomic WAL group as the keyed writes,
+//!    so that a crash keeps both or neither), then every write and ledger record is waited
+//!    for;
 //! 3. in order, each instruction's change events are published, its answer sent and its
 //!    instruction-log record handed over.
 //!
@@ -18,7 +20,7 @@ use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::{SystemTime, UNIX_EPOCH};
 
-use ferry_file_server::{Change, Edit, FilePath, PendingWrite, Store, StoreError};
+use ferry_file_server::{Change, Edit, FilePath, PendingWrite, Store, StoreError, WriteGroup};
 use ferry_logger::{InstructionLog, InstructionRecord, Outcome};
 use ferry_protocol::{
     is_reserved, Answer, AnswerBody, ChangeBus, ChangeEvent, ChangeOp, ErrorBody, ErrorCode,
@@ -182,11 +184,16 @@ impl Worker {
     pub fn apply_batch(&self, batch: Vec<(Instruction, ReplyTo)>) {
         let mut jobs = Vec::with_capacity(batch.len());
         let mut in_batch: HashMap<IdemKey, usize> = HashMap::new();
+        // A keyed write and the ledger record of its key survive a crash together or not at
+        // all; otherwise a crash between them would let the retry apply the write twice.
+        let mut group = self.store.group();
         for (index, (instruction, reply)) in batch.into_iter().enumerate() {
-            let state = self.start(&instruction, &mut in_batch, index);
+            let state = self.start(&instruction, &mut in_batch, index, &mut group);
             jobs.push(Job { instruction, reply, state });
         }
         let ledger_writes = self.record_keys(&jobs);
+        // Nothing of the group is acknowledged before it ends.
+        drop(group);
         let mut done: Vec<(Result<AnswerBody, ErrorBody>, Vec<ChangeEvent>)> =
             Vec::with_capacity(jobs.len());
         for job in &mut jobs {
@@ -222,6 +229,7 @@ impl Worker {
         instruction: &Instruction,
         in_batch: &mut HashMap<IdemKey, usize>,
         index: usize,
+        group: &mut WriteGroup<'_>,
     ) -> JobState {
         let op = &instruction.op;
         if let Operation::List { prefix, limit, after } = op {
@@ -250,6 +258,7 @@ impl Worker {
                 return JobState::Done(Ok(answer));
             }
             in_batch.insert(key, index);
+            group.join(&path);
         }
         let author = &instruction.subject;
         let edit = match op {

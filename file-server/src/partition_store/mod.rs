@@ -258,6 +258,18 @@ impl PartitionStore {
         Ok(PendingWrite { inner: inner.clone(), applied })
     }
 
+    /// Opens an atomic group in this partition's log: the changes submitted until the
+    /// matching [`PartitionStore::end_group`] survive a crash together or not at all, and none
+    /// of them is acknowledged before the group ends. Prefer [`crate::store::WriteGroup`].
+    pub fn begin_group(&self) {
+        self.inner.wal.begin_group();
+    }
+
+    /// Ends a group opened by [`PartitionStore::begin_group`].
+    pub fn end_group(&self) {
+        self.inner.wal.end_group();
+    }
+
     /// The file's current version, `None` if it does not exist or was deleted.
     pub fn get(&self, path: &FilePath) -> Result<Option<Record>> {
         Ok(self.inner.read(path)?.filter(|r| !r.is_deleted()).map(|r| (*r).clone()))
@@ -452,12 +464,19 @@ impl Inner {
 
     fn flush(&self) -> Result<FlushStats> {
         let mut tree = self.tree.lock();
-        let (batch, checkpoint_lsn) = {
+        let (batch, checkpoint_lsn) = loop {
             let st = self.state.read();
+            // A checkpoint inside an atomic group would make the tree hold part of a group
+            // that recovery may drop from the log.
+            if self.wal.group_open() {
+                drop(st);
+                self.wal.wait_no_open_group();
+                continue;
+            }
             let batch: Vec<(FilePath, Arc<Record>, u64)> =
                 st.dirty.values().map(|d| (d.path.clone(), d.record.clone(), d.lsn)).collect();
             // Appends happen under the write lock, so every LSN so far is in `batch`.
-            (batch, self.wal.last_lsn())
+            break (batch, self.wal.last_lsn());
         };
         if batch.is_empty() {
             return Ok(FlushStats {
