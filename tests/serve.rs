@@ -264,3 +264,25 @@ async fn the_ingress_section_configures_the_limits() {
     let close = within(client.wait_closed()).await.expect("a close frame");
     assert_eq!(close.code, 1009);
 }
+
+/// "When a client disconnects, save its data": with the periodic flush an hour away, the
+/// subject's files reach the B+tree (what reporting tools read) soon after its last
+/// connection closes, and not before.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_subjects_files_are_flushed_when_its_last_connection_closes() {
+    let tmp = tempfile::tempdir().unwrap();
+    let server = serve(tmp.path(), &[("FERRY_STORE__FLUSH_INTERVAL_MS", "3600000")]);
+    let in_tree = || {
+        let out = ferry(tmp.path()).args(["files", "get", "/home/anonymous/draft"]).output();
+        out.unwrap().status.success()
+    };
+    let client = Client::connect(&server.url, None).await.unwrap();
+    assert_eq!(client.put("/home/anonymous/draft", "unsaved").await.unwrap(), 1);
+    assert!(!in_tree(), "still only in the WAL and the dirty set");
+    client.close();
+    let deadline = std::time::Instant::now() + TIMEOUT;
+    while !in_tree() {
+        assert!(std::time::Instant::now() < deadline, "not flushed after the last disconnect");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}

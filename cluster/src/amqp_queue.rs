@@ -84,6 +84,11 @@ impl PartitionLayout {
             Operation::List { prefix, .. } => {
                 partition_of_prefix(prefix, self.depth, self.partitions)
             }
+            // Not worth a message to every partition: a working set spread over partitions
+            // is loaded from (and released in) the partitions partition 0's worker holds.
+            Operation::WorkingSet { prefix, .. } => {
+                Some(partition_of_prefix(prefix, self.depth, self.partitions).unwrap_or(0))
+            }
             // An invalid path is refused by whichever worker gets it.
             op => Some(
                 FilePath::parse(op.path())
@@ -752,6 +757,8 @@ mod tests {
         let put =
             Operation::Put { path: "/home/alice/x".into(), content: "1".into(), if_rev: None };
         assert_eq!(layout.route(&list("/home/alice/")), layout.route(&put));
+        let release = Operation::WorkingSet { prefix: "/home/alice/".into(), load: false };
+        assert_eq!(layout.route(&release), layout.route(&put));
         assert!(layout.route(&put).unwrap() < 16);
     }
 }

@@ -38,8 +38,9 @@ pub struct IngressConfig {
     /// allows every origin. Requests without an `Origin` header (non-browser clients) are
     /// always allowed. Default empty.
     pub allowed_origins: Vec<String>,
-    /// The working set loaded when a client connects; `{sub}` is replaced by the token's
-    /// subject. Default `/home/{sub}/`.
+    /// The working set read into the cache on a subject's first connection to a node, and
+    /// flushed and let go after its last; `{sub}` is replaced by the token's subject. Default
+    /// `/home/{sub}/`.
     pub home_prefix: String,
     /// `GET /v1/route` sends new clients only to ingress nodes under this share of their
     /// `max_connections` (percent); when all are at it, 503 with `Retry-After`. Default 90.

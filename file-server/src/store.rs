@@ -252,6 +252,30 @@ impl Store {
         self.partitions[p as usize].as_ref().ok_or(StoreError::PartitionNotOpen { partition: p })
     }
 
+    /// Reads the files under `prefix` (at most `limit`) into the cache: a client's working set,
+    /// when it connects. Returns how many files were read.
+    pub fn load_prefix(&self, prefix: &str, limit: usize) -> Result<usize> {
+        let found = self.list(prefix, None, limit)?;
+        for (path, _) in &found {
+            self.get(path)?;
+        }
+        Ok(found.len())
+    }
+
+    /// Flushes soon the partitions that can hold files under `prefix` and lets those files
+    /// leave the cache afterwards (see [`PartitionStore::release`]). Returns at once.
+    pub fn release_prefix(&self, prefix: &str) {
+        let (depth, count) = (self.layout.partition_depth, self.layout.partitions);
+        match partition_of_prefix(prefix, depth, count) {
+            Some(p) => {
+                if let Some(part) = &self.partitions[p as usize] {
+                    part.release(prefix);
+                }
+            }
+            None => self.partitions().for_each(|part| part.release(prefix)),
+        }
+    }
+
     /// Starts a set of changes that survive a crash together or not at all, in each partition
     /// it joins (a partition has its own log, so there is no atomicity across partitions).
     pub fn group(&self) -> WriteGroup<'_> {

@@ -226,3 +226,37 @@ fn steady_overwrites_keep_the_tree_bounded_through_automatic_compaction() {
     );
     store.close().unwrap();
 }
+
+/// A client's working set: loaded into the cache on connect, flushed and let go on leave.
+#[test]
+fn a_released_prefix_is_flushed_and_leaves_the_cache_and_a_loaded_one_enters_it() {
+    let tmp = tempfile::tempdir().unwrap();
+    init(tmp.path());
+    let options = StoreOptions { flush_interval_ms: 60_000, ..fast() };
+    let store = Store::open(tmp.path(), options).unwrap();
+    let alice: Vec<FilePath> = (0..20).map(|i| p(&format!("/home/alice/{i}"))).collect();
+    for path in &alice {
+        store.apply(Change::put(path.clone(), "x".repeat(1000), "alice")).unwrap();
+    }
+    let partition = store.partition_of(&alice[0]);
+    let part = store.partitions().find(|s| s.partition() == partition).unwrap();
+    let stats = || part.stats();
+    assert_eq!(stats().dirty, 20);
+
+    store.release_prefix("/home/alice/");
+    // Whichever flush takes the release (the one it kicked, or this one) is over when this
+    // one returns: flushes hold the tree in turn.
+    part.flush().unwrap();
+    assert_eq!(stats().dirty, 0, "released files are flushed");
+    assert_eq!(stats().cache_bytes, 0, "and are not kept in the cache");
+
+    assert_eq!(store.load_prefix("/home/alice/", 1000).unwrap(), 20);
+    let loaded = stats().cache_bytes;
+    assert!(loaded >= 20 * 1000, "the working set is cached: {loaded}");
+    store.release_prefix("/home/alice/");
+    part.flush().unwrap();
+    assert_eq!(stats().cache_bytes, 0, "the released working set left the cache");
+    // Released is not lost: read from the tree.
+    assert_eq!(store.get(&alice[7]).unwrap().unwrap().content.unwrap().len(), 1000);
+    store.close().unwrap();
+}

@@ -29,8 +29,9 @@
 //! | over `max_subscriptions` | answer `limit_exceeded`, connection stays open |
 //! | a binary frame | answer `bad_request` without `id`, connection stays open |
 //!
-//! On connect the ingress asks the worker to `list` the subject's home prefix
-//! (`home_prefix`), so that the partition's index pages are warm; the answer is not sent.
+//! A subject's working set (`home_prefix`): on its first connection to the node the ingress
+//! asks the worker to read those files into its cache; after its last one closes, to flush
+//! them promptly and let them leave the cache (`Operation::WorkingSet`, answered to no one).
 
 pub mod auth;
 pub mod client;

@@ -1,6 +1,7 @@
 //! The HTTP side: accepting TCP connections (with the handshake timeout), the routes, and the
 //! checks made before a WebSocket upgrade (shutdown, Origin, token, connection limit).
 
+use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
@@ -45,6 +46,8 @@ pub(crate) struct Shared {
     pub(crate) node_tag: String,
     pub(crate) key_prefix: String,
     connections: AtomicUsize,
+    /// Open connections per subject: a working set is released after its subject's last one.
+    subjects: parking_lot::Mutex<HashMap<Arc<str>, usize>>,
     slow_consumers: AtomicU64,
     changes_lost: AtomicU64,
     next_connection: AtomicU64,
@@ -66,6 +69,26 @@ impl Shared {
 
     pub(crate) fn next_instruction_id(&self) -> u64 {
         self.next_instruction.fetch_add(1, Ordering::Relaxed)
+    }
+
+    /// Counts a connection of `subject`; true if it is the subject's first on this node.
+    pub(crate) fn subject_connected(&self, subject: &Arc<str>) -> bool {
+        let mut subjects = self.subjects.lock();
+        let count = subjects.entry(subject.clone()).or_insert(0);
+        *count += 1;
+        *count == 1
+    }
+
+    /// Uncounts a connection of `subject`; true if it was the subject's last on this node.
+    pub(crate) fn subject_disconnected(&self, subject: &Arc<str>) -> bool {
+        let mut subjects = self.subjects.lock();
+        let Some(count) = subjects.get_mut(subject) else { return false };
+        *count -= 1;
+        if *count > 0 {
+            return false;
+        }
+        subjects.remove(subject);
+        true
     }
 }
 
@@ -119,6 +142,7 @@ impl Ingress {
                 key_prefix: "ferry".to_owned(),
                 node_tag,
                 connections: AtomicUsize::new(0),
+                subjects: parking_lot::Mutex::new(HashMap::new()),
                 slow_consumers: AtomicU64::new(0),
                 changes_lost: AtomicU64::new(0),
                 next_connection: AtomicU64::new(1),

@@ -10,7 +10,7 @@ use axum::extract::ws::{CloseFrame, Message, Utf8Bytes, WebSocket};
 use ferry_protocol::{
     answer_json, error_json, is_reserved, ok_json, parse_request_with, snapshot_json, AnswerBody,
     ErrorBody, ErrorCode, History, Instruction, Operation, QueueError, ReplyTo, Request, RequestId,
-    Topic, MAX_LIST_LIMIT,
+    Topic,
 };
 use futures_util::stream::{SplitSink, SplitStream};
 use futures_util::{SinkExt, StreamExt};
@@ -64,8 +64,13 @@ pub(crate) async fn run(
         assigned_keys: 0,
     };
     tracing::debug!(client = %session.client_id, subject = %session.identity.subject, "connected");
-    session.load_working_set();
+    if session.shared.subject_connected(&session.identity.subject) {
+        session.working_set(true);
+    }
     session.read_loop(&mut stream).await;
+    if session.shared.subject_disconnected(&session.identity.subject) {
+        session.working_set(false);
+    }
     match session.outbox.close_reason() {
         Some(CLOSE_SLOW_CONSUMER) => session.shared.count_slow_consumer(),
         Some(CLOSE_CHANGES_LOST) => session.shared.count_changes_lost(),
@@ -490,14 +495,15 @@ impl Session {
         }
     }
 
-    /// Asks the worker to bring the subject's home prefix into its cache (a `list`, whose
-    /// answer is not sent to the client).
-    fn load_working_set(&mut self) {
+    /// Asks the worker to bring the subject's home prefix into its cache (`load`, on the
+    /// subject's first connection to this node), or to flush it and let it leave the cache
+    /// (after the last one). The answer goes to no client.
+    fn working_set(&mut self, load: bool) {
         let prefix = self.shared.options.home_prefix.replace("{sub}", &self.identity.subject);
         if self.refusal(&prefix, false).is_some() {
             return;
         }
-        let op = Operation::List { prefix, limit: MAX_LIST_LIMIT, after: None };
+        let op = Operation::WorkingSet { prefix, load };
         let instruction = self.instruction(RequestId::Text("working-set".into()), op, None);
         let _ = self.shared.queue.submit(instruction, Box::new(|_| {}));
     }

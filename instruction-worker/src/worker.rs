@@ -20,6 +20,7 @@ use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::{SystemTime, UNIX_EPOCH};
 
+use ferry_file_server::partition::partition_of_prefix;
 use ferry_file_server::{Change, Edit, FilePath, PendingWrite, Store, StoreError, WriteGroup};
 use ferry_logger::{InstructionLog, InstructionRecord, Outcome};
 use ferry_protocol::{
@@ -172,10 +173,15 @@ impl Worker {
     }
 
     /// The partition that orders `op`: its file's (0 for an invalid path or a listing, which
-    /// spans partitions).
+    /// spans partitions; a working set's prefix's, when it pins one).
     pub fn partition_of(&self, op: &Operation) -> u32 {
         match op {
             Operation::List { .. } => 0,
+            // Behind the writes of its own partition, when the prefix pins one.
+            Operation::WorkingSet { prefix, .. } => {
+                let layout = self.store.layout();
+                partition_of_prefix(prefix, layout.partition_depth, layout.partitions).unwrap_or(0)
+            }
             op => FilePath::parse(op.path()).map_or(0, |p| self.store.partition_of(&p)),
         }
     }
@@ -235,6 +241,9 @@ impl Worker {
         if let Operation::List { prefix, limit, after } = op {
             return JobState::Done(self.list(instruction, prefix, *limit, after.as_deref()));
         }
+        if let Operation::WorkingSet { prefix, load } = op {
+            return JobState::Done(self.working_set(instruction, prefix, *load));
+        }
         let path = match FilePath::parse(op.path()) {
             Ok(path) => path,
             Err(e) => {
@@ -289,7 +298,10 @@ impl Worker {
                 };
                 return JobState::Writes { writes: ctx.writes, result };
             }
-            Operation::Get { .. } | Operation::Stat { .. } | Operation::List { .. } => {
+            Operation::Get { .. }
+            | Operation::Stat { .. }
+            | Operation::List { .. }
+            | Operation::WorkingSet { .. } => {
                 unreachable!("reads are answered above")
             }
         };
@@ -380,6 +392,28 @@ impl Worker {
         Ok(AnswerBody::Listing { entries, next })
     }
 
+    /// A client's working set: read into the cache on connect, or flushed promptly and let
+    /// go when its subject's last connection on a node closed (see `Operation::WorkingSet`).
+    fn working_set(
+        &self,
+        instruction: &Instruction,
+        prefix: &str,
+        load: bool,
+    ) -> Result<AnswerBody, ErrorBody> {
+        if let Err(what) = ferry_protocol::check_prefix(prefix) {
+            return Err(ErrorBody::new(ErrorCode::BadPath, what));
+        }
+        self.check_rights(instruction, prefix)?;
+        let files = if load {
+            let limit = ferry_protocol::MAX_LIST_LIMIT as usize;
+            self.store.load_prefix(prefix, limit).map_err(|e| store_error_body(&e))?
+        } else {
+            self.store.release_prefix(prefix);
+            0
+        };
+        Ok(AnswerBody::WorkingSet { files })
+    }
+
     /// Pass 2a: appends the keys of the batch's successful writes to their partitions'
     /// ledgers, after the writes.
     fn record_keys(&self, jobs: &[Job]) -> Vec<PendingWrite> {
@@ -455,6 +489,7 @@ impl Worker {
             Operation::Get { .. } => Cow::Borrowed("get"),
             Operation::Stat { .. } => Cow::Borrowed("stat"),
             Operation::List { .. } => Cow::Borrowed("list"),
+            Operation::WorkingSet { .. } => Cow::Borrowed("working_set"),
             Operation::Custom { name, .. } => Cow::Owned(name.clone()),
         };
         let record = InstructionRecord {

@@ -462,3 +462,34 @@ fn writes_without_a_key_are_not_deduplicated() {
     assert_eq!(answers.iter().map(|a| rev_of(&a.result)).collect::<Vec<_>>(), [1, 2]);
     assert_eq!(rev_of(&apply_one(&worker, instruction(3, "u", "", append("/n/a", "x")))), 3);
 }
+
+#[test]
+fn a_working_set_is_loaded_into_the_cache_and_released_within_the_subjects_rights() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = open_store(dir.path(), store_options());
+    let (worker, _bus) = worker(&store, WorkerOptions::default());
+    for i in 0..5 {
+        rev_of(&apply_one(
+            &worker,
+            instruction(i, "alice", "", put(&format!("/home/alice/{i}"), "x", None)),
+        ));
+    }
+    store.flush().unwrap();
+    let working_set = |load| Operation::WorkingSet { prefix: "/home/alice/".into(), load };
+    let as_alice = |id, op| {
+        let mut i = instruction(id, "alice", "", op);
+        i.rights = Arc::new(Rights { read: vec!["/home/alice/".into()], write: vec![] });
+        apply_one(&worker, i)
+    };
+    let cached = || store.stats().iter().map(|p| p.cache_bytes).sum::<u64>();
+    for id in [10, 12] {
+        assert_eq!(as_alice(id, working_set(false)), Ok(AnswerBody::WorkingSet { files: 0 }));
+        store.flush().unwrap();
+        assert_eq!(cached(), 0, "released files left the cache");
+        assert_eq!(as_alice(id + 1, working_set(true)), Ok(AnswerBody::WorkingSet { files: 5 }));
+        assert!(cached() > 0, "the working set is in the cache");
+    }
+    let mut bob = instruction(14, "bob", "", working_set(true));
+    bob.rights = Arc::new(Rights { read: vec!["/home/bob/".into()], write: vec![] });
+    assert_eq!(code(apply_one(&worker, bob)), ErrorCode::Forbidden);
+}

@@ -103,6 +103,13 @@ pub enum Operation {
         limit: u32,
         after: Option<String>,
     },
+    /// Sent by an ingress itself, never by a client: bring the files under `prefix` into the
+    /// worker's cache (`load`, when a client connects), or flush them promptly and let them
+    /// leave the cache (`!load`, when the subject's last connection on the node closes).
+    WorkingSet {
+        prefix: String,
+        load: bool,
+    },
     /// An application's own instruction (see the worker's `CustomOp`). `path` routes it (its
     /// partition orders it with the other instructions on that file) and is the file it may
     /// read and write; `args` is the request object without `op`, `id` and `key`.
@@ -124,6 +131,7 @@ impl Operation {
             Operation::Get { .. } => "get",
             Operation::Stat { .. } => "stat",
             Operation::List { .. } => "list",
+            Operation::WorkingSet { .. } => "working_set",
             Operation::Custom { name, .. } => name,
         }
     }
@@ -138,14 +146,20 @@ impl Operation {
             | Operation::Get { path }
             | Operation::Stat { path }
             | Operation::Custom { path, .. } => path,
-            Operation::List { prefix, .. } => prefix,
+            Operation::List { prefix, .. } | Operation::WorkingSet { prefix, .. } => prefix,
         }
     }
 
     /// Whether the op may change files (custom ops count as writes): it needs write rights
     /// and its idempotency key is honoured.
     pub fn is_write(&self) -> bool {
-        !matches!(self, Operation::Get { .. } | Operation::Stat { .. } | Operation::List { .. })
+        !matches!(
+            self,
+            Operation::Get { .. }
+                | Operation::Stat { .. }
+                | Operation::List { .. }
+                | Operation::WorkingSet { .. }
+        )
     }
 }
 
@@ -198,6 +212,8 @@ pub enum AnswerBody {
     Subscribed { rev: Option<u64> },
     /// unsub.
     Unsubscribed,
+    /// working_set (an ingress's own, never a client's): files read into the cache.
+    WorkingSet { files: usize },
 }
 
 impl AnswerBody {
@@ -208,7 +224,9 @@ impl AnswerBody {
             AnswerBody::File(f) => Some(f.rev),
             AnswerBody::Meta(m) => Some(m.rev),
             AnswerBody::Custom { rev, .. } | AnswerBody::Subscribed { rev } => *rev,
-            AnswerBody::Listing { .. } | AnswerBody::Unsubscribed => None,
+            AnswerBody::Listing { .. }
+            | AnswerBody::Unsubscribed
+            | AnswerBody::WorkingSet { .. } => None,
         }
     }
 }

@@ -381,7 +381,11 @@ pub fn answer_json(answer: &Answer) -> String {
 pub fn ok_json(id: &RequestId, body: &AnswerBody) -> String {
     let mut wire = AnswerWire { id: Some(id), ok: true, rev: body.rev(), ..Default::default() };
     match body {
-        AnswerBody::Written { .. } | AnswerBody::Subscribed { .. } | AnswerBody::Unsubscribed => {}
+        // A working-set answer goes to no client: only `ok` matters.
+        AnswerBody::Written { .. }
+        | AnswerBody::Subscribed { .. }
+        | AnswerBody::Unsubscribed
+        | AnswerBody::WorkingSet { .. } => {}
         AnswerBody::File(file) => {
             (wire.content, wire.content_b64) = text_or_b64(&file.content);
             wire.path = Some(&file.path);

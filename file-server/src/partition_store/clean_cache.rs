@@ -79,6 +79,20 @@ impl CleanCache {
         self.policy.insert(path, record);
     }
 
+    /// Drops every cached version under `prefix`.
+    pub(super) fn evict_prefix(&self, prefix: &str) {
+        let doomed: Vec<FilePath> = self
+            .mirror
+            .iter()
+            .filter(|e| e.key().as_str().starts_with(prefix))
+            .map(|e| e.key().clone())
+            .collect();
+        for path in &doomed {
+            self.mirror.remove(path);
+            self.policy.invalidate(path);
+        }
+    }
+
     /// Bytes held, by the weigher, once pending evictions have run.
     pub(super) fn weighted_size(&self) -> u64 {
         self.policy.run_pending_tasks();

@@ -131,6 +131,8 @@ struct Inner {
     tree: Mutex<TreeFile>,
     cache: CleanCache,
     kick: Sender<()>,
+    /// Prefixes whose files leave the cache after the next flush ([`PartitionStore::release`]).
+    released: Mutex<Vec<String>>,
 }
 
 /// One partition opened for writing. See the module documentation.
@@ -206,6 +208,7 @@ impl PartitionStore {
             tree: Mutex::new(tree),
             cache: CleanCache::new(options.cache_bytes),
             kick,
+            released: Mutex::new(Vec::new()),
         });
         let interval = Duration::from_millis(options.flush_interval_ms.max(1));
         let flusher = spawn_flusher(inner.clone(), kicked, interval)?;
@@ -268,6 +271,15 @@ impl PartitionStore {
     /// Ends a group opened by [`PartitionStore::begin_group`].
     pub fn end_group(&self) {
         self.inner.wal.end_group();
+    }
+
+    /// Lets the files under `prefix` go (a client's working set when it left): the flusher
+    /// runs now instead of at its interval, and after that flush their clean versions leave
+    /// the cache. Returns at once.
+    pub fn release(&self, prefix: &str) {
+        self.inner.released.lock().push(prefix.to_owned());
+        // A full channel means a flush is already asked for.
+        let _ = self.inner.kick.try_send(());
     }
 
     /// The file's current version, `None` if it does not exist or was deleted.
@@ -464,6 +476,14 @@ impl Inner {
 
     fn flush(&self) -> Result<FlushStats> {
         let mut tree = self.tree.lock();
+        // Taken before the dirty set: the released files dirty now are flushed below, and
+        // so clean (and evictable) by the end.
+        let released = std::mem::take(&mut *self.released.lock());
+        let evict = || {
+            for prefix in &released {
+                self.cache.evict_prefix(prefix);
+            }
+        };
         let (batch, checkpoint_lsn) = loop {
             let st = self.state.read();
             // A checkpoint inside an atomic group would make the tree hold part of a group
@@ -479,6 +499,7 @@ impl Inner {
             break (batch, self.wal.last_lsn());
         };
         if batch.is_empty() {
+            evict();
             return Ok(FlushStats {
                 checkpoint_lsn: tree.header().checkpoint_lsn,
                 ..FlushStats::default()
@@ -509,6 +530,7 @@ impl Inner {
             st.flush_error = None;
         }
         let mut stats = FlushStats { files: batch.len(), checkpoint_lsn, ..FlushStats::default() };
+        evict();
         stats.segments_removed = self.wal.checkpoint(checkpoint_lsn)?;
         if tree.needs_compaction() {
             tree.compact()?;
