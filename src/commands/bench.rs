@@ -79,9 +79,14 @@ pub struct BenchArgs {
     /// What each write does.
     #[arg(long, value_enum, default_value = "put")]
     op: WriteOp,
-    /// Where the run's files go; each run adds a unique directory under it.
+    /// Where the run's files go: each run adds a unique directory per writing connection
+    /// under it (like clients' home directories, spread over partitions)
     #[arg(long, default_value = "/bench/")]
     prefix: String,
+    /// Put all the run's files in one directory, so one partition (and one worker thread or
+    /// one queue) carries the whole load: the worst case
+    #[arg(long)]
+    one_directory: bool,
     /// After the load: how long answers, then events, may still take.
     #[arg(long, value_parser = humantime::parse_duration, default_value = "15s")]
     drain_timeout: Duration,
@@ -314,7 +319,7 @@ fn load_average() -> [f64; 3] {
 fn unique_prefix(base: &str, step: usize) -> String {
     let now = SystemTime::now().duration_since(UNIX_EPOCH).unwrap_or_default();
     let base = base.trim_end_matches('/');
-    format!("{base}/run-{}-{}-{step}/", now.as_millis(), std::process::id())
+    format!("{base}/run-{}-{}-{step}-", now.as_millis(), std::process::id())
 }
 
 pub fn run(config: &FerryConfig, args: &BenchArgs) -> anyhow::Result<ExitCode> {
@@ -460,6 +465,7 @@ fn plan(args: &BenchArgs, s: &Settings, url: &str, rate: f64, step: usize) -> Pl
         connect_concurrency: args.connect_concurrency,
         max_in_flight: args.max_in_flight,
         prefix: unique_prefix(&args.prefix, step),
+        one_directory: args.one_directory,
     }
 }
 

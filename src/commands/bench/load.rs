@@ -58,8 +58,12 @@ pub struct Plan {
     pub connect_concurrency: usize,
     /// Writes a connection may have unanswered; later ones wait (and their latency grows).
     pub max_in_flight: usize,
-    /// Every file of the run is under this prefix (ends with `/`).
+    /// Every file of the run is under this prefix: `PREFIX` + `w<writer>/f<file>` (a directory
+    /// per writing connection, as clients' home directories are, so that the run spreads over
+    /// partitions), or `PREFIX` + `/f<file>` when `one_directory` (every file in one
+    /// partition: the worst case).
     pub prefix: String,
+    pub one_directory: bool,
 }
 
 impl Plan {
@@ -70,7 +74,11 @@ impl Plan {
     }
 
     fn path(&self, file: usize) -> String {
-        format!("{}f{file:06}", self.prefix)
+        if self.one_directory {
+            format!("{}/f{file:06}", self.prefix)
+        } else {
+            format!("{}w{:06}/f{file:06}", self.prefix, file % self.connections)
+        }
     }
 
     /// The files connection `c` writes: file `f` is written by connection `f % connections`.
@@ -868,8 +876,19 @@ mod tests {
             connect_timeout: Duration::ZERO,
             connect_concurrency: 1,
             max_in_flight: 1,
-            prefix: "/b/".to_owned(),
+            prefix: "/b/r-".to_owned(),
+            one_directory: false,
         }
+    }
+
+    #[test]
+    fn each_writer_has_a_directory_of_its_own_unless_one_directory_is_asked() {
+        let mut p = plan(3, 6, 0);
+        assert_eq!(p.path(4), "/b/r-w000001/f000004");
+        assert_eq!(p.path(1), "/b/r-w000001/f000001");
+        assert_eq!(p.path(5), "/b/r-w000002/f000005");
+        p.one_directory = true;
+        assert_eq!(p.path(4), "/b/r-/f000004");
     }
 
     #[test]
