@@ -3,23 +3,31 @@
 //!
 //! `submit` never blocks: it files the reply under the instruction's id and hands the
 //! instruction to the node's publisher task. The publisher groups instructions by partition
-//! and sends each group as one AMQP message (after `linger`, or sooner when a group reaches
-//! `max_batch_bytes` or `max_batch_instructions`), persistent, `mandatory`, with publisher
-//! confirms and the node's reply queue in `reply_to`. The broker's cost is per message, so
-//! batching is what lets the broker carry more instructions than it could carry messages.
+//! and sends each group as one AMQP message, persistent, `mandatory`, with publisher confirms
+//! and the node's reply queue in `reply_to`. When a group goes is [`crate::batcher`]'s rule: after
+//! `linger`, or once it reaches `max_batch_bytes` or `max_batch_instructions`, and, while
+//! `in_flight_per_partition` of the partition's messages await their confirms, when a confirm
+//! comes (Nagle's rule; see that module for why the default leaves it off). One channel carries
+//! every message, so a partition's messages reach its queue in the order the ingress received
+//! them.
 //!
-//! A confirmed message is the worker's to answer: its answers come back on the reply queue,
-//! one AMQP message per instruction message, and are matched by instruction id. A message the
-//! broker refused (`nack`: the partition queue is full) is answered `busy`; one it could not
-//! route, or one whose connection failed, `unavailable`. An instruction not answered within
-//! `reply_timeout` is answered `unavailable` (it may still be applied; its idempotency key
-//! makes a retry safe). While the broker is unreachable, `submit` refuses at once.
+//! A confirmed message is the worker's to answer: its answers come back on the reply queue
+//! (a reply message may carry answers to several instruction messages) and are matched by
+//! instruction id. A message the broker refused (`nack`: the partition queue is full) is
+//! answered `busy`; one it could not route, or one whose connection failed, `unavailable`. An
+//! instruction not answered within `reply_timeout` is answered `unavailable` (it may still be
+//! applied; its idempotency key makes a retry safe). While the broker is unreachable, `submit`
+//! refuses at once; while `in_flight_messages` are unconfirmed and a full batch waits, the
+//! publisher stops taking instructions, and `submit` answers `busy` once `submit_capacity` wait.
 //!
 //! A `list` whose prefix spans partitions is scattered to every partition and its pages merged.
 
 use std::collections::HashMap;
+use std::future::Future;
+use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
+use std::task::Poll;
 use std::time::{Duration, Instant};
 
 use ferry_file_server::partition::{partition_of, partition_of_prefix};
@@ -28,27 +36,36 @@ use ferry_protocol::{
     Answer, AnswerBody, ErrorBody, ErrorCode, Instruction, InstructionQueue, ListEntry, Operation,
     QueueError, ReplyTo, RequestId,
 };
+use futures_util::stream::FuturesUnordered;
 use futures_util::StreamExt;
 use lapin::options::{BasicConsumeOptions, BasicPublishOptions, ConfirmSelectOptions};
 use lapin::types::FieldTable;
 use lapin::{BasicProperties, Channel, Confirmation, Connection, ConnectionProperties};
 use parking_lot::Mutex;
-use tokio::sync::{mpsc, Semaphore};
+use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
+use crate::batcher::{BatchLimits, Batcher};
 use crate::codec::{decode_answers, encode_instructions};
 use crate::topology::Topology;
 
 /// How an [`AmqpQueue`] batches and waits.
 #[derive(Debug, Clone)]
 pub struct AmqpQueueOptions {
-    /// The longest an instruction waits for others of its partition (default 2 ms).
+    /// How long an instruction waits for others of its partition when fewer than
+    /// `in_flight_per_partition` of its messages await confirms (default 2 ms; see
+    /// [`crate::batcher`]).
     pub linger: Duration,
-    /// An instruction message is sent once its instructions weigh this much (default 64 KiB).
+    /// A batch this heavy is sent without waiting for its partition's confirms (default
+    /// 64 KiB).
     pub max_batch_bytes: usize,
-    /// Or hold this many instructions (default 256).
+    /// Or one holding this many instructions (default 256).
     pub max_batch_instructions: usize,
-    /// Instruction messages published and not yet confirmed (default 64).
+    /// Unconfirmed messages of one partition; its next instructions wait for a confirm and
+    /// then travel together (default 64, `in_flight_messages`: the linger decides; 1 with a
+    /// zero linger is send-on-confirm).
+    pub in_flight_per_partition: usize,
+    /// Instruction messages published and not yet confirmed, over all partitions (default 64).
     pub in_flight_messages: usize,
     /// Instructions waiting for the publisher before `submit` answers `busy` (default 50,000).
     pub submit_capacity: usize,
@@ -62,6 +79,7 @@ impl Default for AmqpQueueOptions {
             linger: Duration::from_millis(2),
             max_batch_bytes: 64 << 10,
             max_batch_instructions: 256,
+            in_flight_per_partition: 64,
             in_flight_messages: 64,
             submit_capacity: 50_000,
             reply_timeout: Duration::from_secs(10),
@@ -534,14 +552,6 @@ async fn consume_replies(
     failed.cancel();
 }
 
-/// One partition's instructions waiting to be sent.
-#[derive(Default)]
-struct Batch {
-    instructions: Vec<Instruction>,
-    bytes: usize,
-    since: Option<Instant>,
-}
-
 /// About what an instruction weighs in its message.
 fn weight(instruction: &Instruction) -> usize {
     let payload = match &instruction.op {
@@ -552,7 +562,29 @@ fn weight(instruction: &Instruction) -> usize {
     payload + instruction.op.path().len() + instruction.key.len() + 160
 }
 
-/// Sends batches until the connection fails or the node stops; returns why it ended.
+/// What became of one published instruction message.
+struct Settled {
+    partition: u32,
+    ids: Vec<u64>,
+    outcome: Sent,
+}
+
+enum Sent {
+    Confirmed,
+    /// Confirmed, but no queue took it (`mandatory`): unroutable.
+    Returned,
+    /// Nacked: the partition's queue is full.
+    Refused,
+    /// The connection failed before the confirm came.
+    Unconfirmed,
+    /// The channel did not take the message: it is gone.
+    NotTaken(lapin::Error),
+}
+
+type InFlight = Pin<Box<dyn Future<Output = Settled> + Send>>;
+
+/// Sends batches until the connection fails or the node stops; returns why it ended. What is
+/// waiting or unconfirmed then is answered by the caller (`fail_all`).
 async fn publish(
     shared: &Arc<Shared>,
     rx: &mut mpsc::Receiver<Outgoing>,
@@ -561,122 +593,147 @@ async fn publish(
     stop: CancellationToken,
 ) -> String {
     let options = &shared.options;
-    let mut batches: Vec<Batch> =
-        (0..shared.topology.partitions).map(|_| Batch::default()).collect();
-    let permits = Arc::new(Semaphore::new(options.in_flight_messages.max(1)));
+    let mut batcher = Batcher::new(
+        shared.topology.partitions,
+        BatchLimits {
+            max_bytes: options.max_batch_bytes,
+            max_items: options.max_batch_instructions,
+            in_flight_per_partition: options.in_flight_per_partition,
+            in_flight_total: options.in_flight_messages,
+            linger: options.linger,
+        },
+    );
+    let mut in_flight: FuturesUnordered<InFlight> = FuturesUnordered::new();
     loop {
-        let next_due = batches.iter().filter_map(|b| b.since).min().map(|t| t + options.linger);
-        let sleep = async {
-            match next_due {
-                Some(t) => tokio::time::sleep_until(t.into()).await,
-                None => std::future::pending().await,
+        let now = Instant::now();
+        while let Some((partition, batch)) = batcher.next_ready(now) {
+            let Some(mut sending) = send(shared, channel, partition, batch) else {
+                batcher.settled(partition);
+                continue;
+            };
+            // lapin queues the frames on the first poll: polling now keeps the messages in
+            // the order they were made (the order per partition) and sends them at once.
+            match futures_util::poll!(&mut sending) {
+                Poll::Ready(settled) => {
+                    if let Err(reason) = settle(shared, &mut batcher, settled) {
+                        return reason;
+                    }
+                }
+                Poll::Pending => in_flight.push(sending),
             }
-        };
+        }
+        let due = batcher.next_due();
         tokio::select! {
             _ = failed.cancelled() => return "the connection failed".to_owned(),
             _ = stop.cancelled() => return "stopping".to_owned(),
-            received = rx.recv() => {
+            Some(settled) = in_flight.next(), if !in_flight.is_empty() => {
+                if let Err(reason) = settle(shared, &mut batcher, settled) {
+                    return reason;
+                }
+            }
+            received = rx.recv(), if batcher.accepting() => {
                 let Some(first) = received else { return "the queue was dropped".to_owned() };
+                let now = Instant::now();
                 let mut next = Some(first);
                 while let Some(outgoing) = next {
-                    let p = outgoing.partition as usize;
-                    let b = &mut batches[p];
-                    b.bytes += weight(&outgoing.instruction);
-                    b.instructions.push(outgoing.instruction);
-                    b.since.get_or_insert_with(Instant::now);
-                    if b.bytes >= options.max_batch_bytes
-                        || b.instructions.len() >= options.max_batch_instructions
-                    {
-                        let batch = std::mem::take(b);
-                        if let Err(e) = send(shared, channel, &permits, p as u32, batch).await {
-                            return e;
-                        }
-                    }
-                    next = rx.try_recv().ok();
+                    let w = weight(&outgoing.instruction);
+                    batcher.push(outgoing.partition, outgoing.instruction, w, now);
+                    next = if batcher.accepting() { rx.try_recv().ok() } else { None };
                 }
             }
-            _ = sleep => {}
-        }
-        let now = Instant::now();
-        for (p, slot) in batches.iter_mut().enumerate() {
-            if slot.since.is_some_and(|t| t + options.linger <= now) {
-                let batch = std::mem::take(slot);
-                if let Err(e) = send(shared, channel, &permits, p as u32, batch).await {
-                    return e;
-                }
-            }
+            _ = sleep_until(due), if due.is_some() => {}
         }
     }
 }
 
-/// Publishes one batch and leaves its confirm to a task; an error means the channel is gone.
-async fn send(
+async fn sleep_until(due: Option<Instant>) {
+    match due {
+        Some(t) => tokio::time::sleep_until(t.into()).await,
+        None => std::future::pending().await,
+    }
+}
+
+/// Makes one batch's message and the future of its publish and confirm, or answers the batch
+/// at once (`None`) when it cannot be encoded.
+fn send(
     shared: &Arc<Shared>,
     channel: &Channel,
-    permits: &Arc<Semaphore>,
     partition: u32,
-    batch: Batch,
-) -> Result<(), String> {
-    let ids: Vec<u64> = batch.instructions.iter().map(|i| i.id).collect();
-    let body = match encode_instructions(&batch.instructions) {
+    batch: Vec<Instruction>,
+) -> Option<InFlight> {
+    let ids: Vec<u64> = batch.iter().map(|i| i.id).collect();
+    let body = match encode_instructions(&batch) {
         Ok(body) => body,
         Err(e) => {
             for id in ids {
                 shared.answer_error(id, ErrorCode::Internal, &e.to_string());
             }
-            return Ok(());
+            return None;
         }
     };
-    let Ok(permit) = permits.clone().acquire_owned().await else {
-        return Err("stopping".to_owned());
-    };
+    shared.stats.messages_published.fetch_add(1, Ordering::Relaxed);
+    let channel = channel.clone();
+    let exchange = shared.topology.exchange();
     let properties = BasicProperties::default()
         .with_delivery_mode(2)
         .with_reply_to(shared.topology.reply_queue(&shared.node).into());
-    let confirm = channel
-        .basic_publish(
-            shared.topology.exchange().into(),
-            Topology::routing_key(partition).into(),
-            BasicPublishOptions { mandatory: true, ..Default::default() },
-            &body,
-            properties,
-        )
-        .await;
-    let confirm = match confirm {
-        Ok(confirm) => confirm,
-        Err(e) => {
-            for id in ids {
+    Some(Box::pin(async move {
+        let published = channel
+            .basic_publish(
+                exchange.into(),
+                Topology::routing_key(partition).into(),
+                BasicPublishOptions { mandatory: true, ..Default::default() },
+                &body,
+                properties,
+            )
+            .await;
+        let outcome = match published {
+            Ok(confirm) => match confirm.await {
+                Ok(Confirmation::Ack(None) | Confirmation::NotRequested) => Sent::Confirmed,
+                Ok(Confirmation::Ack(Some(_))) => Sent::Returned,
+                Ok(Confirmation::Nack(_)) => Sent::Refused,
+                Err(_) => Sent::Unconfirmed,
+            },
+            Err(e) => Sent::NotTaken(e),
+        };
+        Settled { partition, ids, outcome }
+    }))
+}
+
+/// Frees the message's in-flight slot and answers its instructions if the broker refused
+/// them; an error means the channel is gone.
+fn settle(
+    shared: &Shared,
+    batcher: &mut Batcher<Instruction>,
+    settled: Settled,
+) -> Result<(), String> {
+    batcher.settled(settled.partition);
+    let refusal = match settled.outcome {
+        Sent::Confirmed => return Ok(()),
+        Sent::Returned => (
+            ErrorCode::Unavailable,
+            "no partition queue took the instruction (unroutable)",
+            &shared.stats.failed_unavailable,
+        ),
+        Sent::Refused => {
+            (ErrorCode::Busy, "the partition's queue is full", &shared.stats.refused_busy)
+        }
+        Sent::Unconfirmed => (
+            ErrorCode::Unavailable,
+            "the broker connection failed before confirming",
+            &shared.stats.failed_unavailable,
+        ),
+        Sent::NotTaken(e) => {
+            for id in settled.ids {
                 shared.answer_error(id, ErrorCode::Unavailable, "the broker did not take it");
             }
             return Err(format!("publishing failed: {e}"));
         }
     };
-    shared.stats.messages_published.fetch_add(1, Ordering::Relaxed);
-    let shared = shared.clone();
-    tokio::spawn(async move {
-        let outcome = confirm.await;
-        drop(permit);
-        let refusal = match outcome {
-            Ok(Confirmation::Ack(None)) | Ok(Confirmation::NotRequested) => return,
-            Ok(Confirmation::Ack(Some(_))) => (
-                ErrorCode::Unavailable,
-                "no partition queue took the instruction (unroutable)",
-                &shared.stats.failed_unavailable,
-            ),
-            Ok(Confirmation::Nack(_)) => {
-                (ErrorCode::Busy, "the partition's queue is full", &shared.stats.refused_busy)
-            }
-            Err(_) => (
-                ErrorCode::Unavailable,
-                "the broker connection failed before confirming",
-                &shared.stats.failed_unavailable,
-            ),
-        };
-        for id in ids {
-            refusal.2.fetch_add(1, Ordering::Relaxed);
-            shared.answer_error(id, refusal.0, refusal.1);
-        }
-    });
+    for id in settled.ids {
+        refusal.2.fetch_add(1, Ordering::Relaxed);
+        shared.answer_error(id, refusal.0, refusal.1);
+    }
     Ok(())
 }
 

@@ -4,7 +4,8 @@
 //!
 //! - an instruction message carries several instructions of one partition from one ingress,
 //!   in the order the ingress received them;
-//! - an answer message carries the answers to one instruction message, in the same order;
+//! - an answer message carries answers for one ingress node, to one or more instruction
+//!   messages (of any partitions); the ingress matches them by instruction id;
 //! - a change event travels alone (Redis pub/sub and history).
 
 use ferry_protocol::{Answer, ChangeEvent, Instruction};

@@ -4,10 +4,12 @@
 //! - [`codec`]: the bodies of AMQP and Redis messages (MessagePack behind a format byte);
 //! - [`topology`]: RabbitMQ names and queue arguments, declared identically by every process;
 //! - [`amqp_queue`]: the ingress side of the instruction path, an [`InstructionQueue`] that
-//!   batches instructions per partition into AMQP messages with publisher confirms and
-//!   correlates the answers that come back on the node's reply queue;
+//!   batches instructions per partition into AMQP messages with publisher confirms (when a
+//!   batch goes: [`batcher`]) and correlates the answers that come back on the node's reply
+//!   queue;
 //! - [`partition_consumer`]: the worker side, consuming one partition's queue into a
-//!   [`ferry_instruction_worker::Worker`], answering and acknowledging after the WAL;
+//!   [`ferry_instruction_worker::Worker`], answering and acknowledging after the WAL; its
+//!   answers travel through the process's [`replies`], batched per reply queue;
 //! - [`membership`] and [`assignment`]: workers' heartbeats in Redis and the rendezvous rule that
 //!   maps partitions to live workers; [`worker_node`] opens and closes partitions as it moves;
 //! - [`redis_bus`]: the [`ChangeBus`] over Redis pub/sub with a per-file history.
@@ -20,11 +22,13 @@
 
 pub mod amqp_queue;
 pub mod assignment;
+pub mod batcher;
 pub mod codec;
 pub mod dead_letters;
 pub mod membership;
 pub mod partition_consumer;
 pub mod redis_bus;
+pub mod replies;
 pub mod status;
 pub mod topology;
 pub mod worker_node;

@@ -3,11 +3,12 @@
 //! An async task consumes the partition's queue (its own channel: delivery tags are per
 //! channel) and hands each message's instructions to the partition's apply thread, which runs
 //! [`Worker::apply_batch`] over everything waiting (several messages share group commits). The
-//! worker answers only once the changes are in the WAL; the task then publishes the message's
-//! answers to the ingress's reply queue and acknowledges the message. A message is therefore
-//! acknowledged to RabbitMQ only after what it asked is durable; one that was delivered and not
-//! acknowledged when the process died is redelivered to the next owner and deduplicated by
-//! its idempotency keys.
+//! worker answers only once the changes are in the WAL; the task then hands the message's
+//! answers to the process's [`Replies`](crate::replies::Replies), which batches them per reply
+//! queue with the answers of its other messages and partitions, and acknowledges every message
+//! answered so far with one `multiple` ack. A message is therefore acknowledged to RabbitMQ only
+//! after what it asked is durable; one that was delivered and not acknowledged when the process
+//! died is redelivered to the next owner and deduplicated by its idempotency keys.
 //!
 //! An unreadable message is rejected without requeue (dead-lettered at once). A message whose
 //! batch made the worker panic is returned with requeue and, redelivered, applied alone: the
@@ -28,17 +29,18 @@ use ferry_instruction_worker::Worker;
 use ferry_protocol::{Answer, Instruction, ReplyTo};
 use futures_util::StreamExt;
 use lapin::options::{
-    BasicAckOptions, BasicCancelOptions, BasicConsumeOptions, BasicNackOptions,
-    BasicPublishOptions, BasicQosOptions, BasicRejectOptions,
+    BasicAckOptions, BasicCancelOptions, BasicConsumeOptions, BasicNackOptions, BasicQosOptions,
+    BasicRejectOptions,
 };
 use lapin::types::FieldTable;
-use lapin::{BasicProperties, Channel, Connection};
+use lapin::{Channel, Connection};
 use parking_lot::Mutex;
 use tokio::sync::mpsc;
 use tokio::task::JoinHandle as TaskHandle;
 use tokio_util::sync::CancellationToken;
 
-use crate::codec::{decode_instructions, encode_answers};
+use crate::codec::decode_instructions;
+use crate::replies::ReplySender;
 use crate::topology::Topology;
 
 /// How a [`PartitionConsumer`] runs.
@@ -106,8 +108,9 @@ pub struct PartitionConsumer {
 }
 
 impl PartitionConsumer {
-    /// Starts consuming `partition` on a new channel of `connection`; `applied` counts the
-    /// instructions applied (for the node's description in `ferry status`).
+    /// Starts consuming `partition` on a new channel of `connection`; answers go to
+    /// `replies`, and `applied` counts the instructions applied (for the node's description in
+    /// `ferry status`).
     pub async fn start(
         connection: &Connection,
         topology: &Topology,
@@ -115,6 +118,7 @@ impl PartitionConsumer {
         worker: Arc<Worker>,
         options: ConsumerOptions,
         applied: Arc<AtomicU64>,
+        replies: ReplySender,
     ) -> Result<PartitionConsumer, ConsumerError> {
         let broker = |source| ConsumerError::Broker { partition, source };
         let channel = connection.create_channel().await.map_err(broker)?;
@@ -145,6 +149,7 @@ impl PartitionConsumer {
             jobs_tx,
             done_rx,
             thread,
+            replies,
             cancel.clone(),
         ));
         Ok(PartitionConsumer { partition, cancel, task })
@@ -239,6 +244,7 @@ async fn consume(
     jobs: Sender<Job>,
     mut done: mpsc::UnboundedReceiver<Outcome>,
     thread: JoinHandle<()>,
+    replies: ReplySender,
     cancel: CancellationToken,
 ) {
     let mut acks = Acks::default();
@@ -286,9 +292,9 @@ async fn consume(
             }
             outcome = done.recv() => {
                 let Some(outcome) = outcome else { break };
-                handle(&channel, &mut acks, outcome).await;
+                handle(&channel, &replies, &mut acks, outcome).await;
                 while let Ok(outcome) = done.try_recv() {
-                    handle(&channel, &mut acks, outcome).await;
+                    handle(&channel, &replies, &mut acks, outcome).await;
                 }
                 acks.flush(&channel).await;
             }
@@ -319,29 +325,11 @@ impl Acks {
     }
 }
 
-async fn handle(channel: &Channel, acks: &mut Acks, outcome: Outcome) {
+async fn handle(channel: &Channel, replies: &ReplySender, acks: &mut Acks, outcome: Outcome) {
     match outcome {
         Outcome::Answered { tag, reply_to, answers } => {
             if let Some(queue) = reply_to {
-                match encode_answers(&answers) {
-                    Ok(body) => {
-                        // Not confirmed: a lost answer times out at the ingress, and the
-                        // idempotency key makes the client's retry safe.
-                        let sent = channel
-                            .basic_publish(
-                                "".into(),
-                                queue.as_str().into(),
-                                BasicPublishOptions::default(),
-                                &body,
-                                BasicProperties::default(),
-                            )
-                            .await;
-                        if let Err(e) = sent {
-                            tracing::warn!(error = %e, "sending answers");
-                        }
-                    }
-                    Err(e) => tracing::error!(error = %e, "encoding answers"),
-                }
+                replies.send(queue, answers);
             }
             acks.upto = Some(tag);
         }

@@ -32,6 +32,7 @@ use tokio_util::sync::CancellationToken;
 use crate::assignment::owned_by;
 use crate::membership::{Membership, MembershipError, Role};
 use crate::partition_consumer::{ConsumerOptions, PartitionConsumer};
+use crate::replies::Replies;
 use crate::topology::{QueueLimits, Topology};
 
 /// How a [`WorkerNode`] runs.
@@ -106,6 +107,30 @@ struct Held {
     consumer: PartitionConsumer,
 }
 
+const REPLIES_CLOSE_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// The broker connection and the answers' way back over it, shared by every partition.
+struct Broker {
+    connection: Connection,
+    replies: Replies,
+}
+
+impl Broker {
+    fn is_up(&self) -> bool {
+        self.connection.status().connected() && !self.replies.has_failed()
+    }
+
+    /// Sends the answers handed over so far, then closes the connection. On a connection that
+    /// is already gone the writes may hang for a while: their answers are lost anyway (the
+    /// ingress times them out), so the wait is bounded.
+    async fn close(self, why: &str) {
+        if tokio::time::timeout(REPLIES_CLOSE_TIMEOUT, self.replies.close()).await.is_err() {
+            tracing::warn!("the last answers were not written in time");
+        }
+        let _ = self.connection.close(200, why.into()).await;
+    }
+}
+
 /// One worker process. See the module documentation.
 pub struct WorkerNode {
     options: WorkerNodeOptions,
@@ -115,7 +140,7 @@ pub struct WorkerNode {
     membership: Membership,
     state: Arc<NodeState>,
     held: BTreeMap<u32, Held>,
-    connection: Option<Connection>,
+    broker: Option<Broker>,
     /// Instructions applied by this process, over every partition it held.
     applied: Arc<AtomicU64>,
 }
@@ -141,7 +166,7 @@ impl WorkerNode {
             membership,
             state: Arc::new(NodeState::default()),
             held: BTreeMap::new(),
-            connection: None,
+            broker: None,
             applied: Arc::new(AtomicU64::new(0)),
         })
     }
@@ -170,8 +195,8 @@ impl WorkerNode {
         for p in all {
             self.release(p).await;
         }
-        if let Some(connection) = self.connection.take() {
-            let _ = connection.close(200, "ferry worker stopping".into()).await;
+        if let Some(broker) = self.broker.take() {
+            broker.close("ferry worker stopping").await;
         }
         tracing::info!(id = %self.options.id, "worker node stopped");
     }
@@ -206,12 +231,17 @@ impl WorkerNode {
         }
         *self.state.owned.lock() = self.held.keys().copied().collect();
         let owned: Vec<String> = self.held.keys().map(u32::to_string).collect();
-        let fields = [
+        let mut fields = vec![
             ("pid", std::process::id().to_string()),
             ("partitions", owned.join(",")),
             ("data_dir", self.options.data_dir.display().to_string()),
             ("applied", self.applied.load(Ordering::Relaxed).to_string()),
         ];
+        if let Some(broker) = &self.broker {
+            let stats = broker.replies.stats();
+            fields.push(("answers", stats.answers.load(Ordering::Relaxed).to_string()));
+            fields.push(("reply_messages", stats.messages.load(Ordering::Relaxed).to_string()));
+        }
         if let Err(e) =
             self.membership.describe(&self.options.id, &fields, self.options.lease).await
         {
@@ -219,19 +249,23 @@ impl WorkerNode {
         }
     }
 
-    /// Whether the broker connection is up, connecting if needed. A lost connection ends every
-    /// consumer; their partitions are released and taken again on the new connection.
+    /// Whether the broker connection is up, connecting if needed. A lost connection (or reply
+    /// channel) ends every consumer; their partitions are released and taken again on the new
+    /// connection.
     async fn broker_ready(&mut self) -> bool {
-        if self.connection.as_ref().is_some_and(|c| c.status().connected()) {
+        if self.broker.as_ref().is_some_and(Broker::is_up) {
             return true;
         }
-        if self.connection.take().is_some() {
+        if self.broker.is_some() {
             tracing::warn!("broker connection lost: releasing the partitions");
             let all: Vec<u32> = self.held.keys().copied().collect();
             for p in all {
                 self.release(p).await;
             }
             *self.state.owned.lock() = Vec::new();
+            if let Some(broker) = self.broker.take() {
+                broker.close("reconnecting").await;
+            }
         }
         let connection = match Connection::connect(
             &self.options.amqp_url,
@@ -257,12 +291,20 @@ impl WorkerNode {
             tracing::warn!(error = %e, "declaring the broker topology");
             return false;
         }
-        self.connection = Some(connection);
-        true
+        match Replies::start(&connection).await {
+            Ok(replies) => {
+                self.broker = Some(Broker { connection, replies });
+                true
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "opening the reply channel");
+                false
+            }
+        }
     }
 
     async fn acquire(&mut self, partition: u32) {
-        let Some(connection) = &self.connection else { return };
+        let Some(broker) = &self.broker else { return };
         let mut store_options = self.options.store;
         store_options.cache_bytes =
             self.options.store.cache_bytes / u64::from(self.topology.partitions);
@@ -300,12 +342,13 @@ impl WorkerNode {
             }
         };
         match PartitionConsumer::start(
-            connection,
+            &broker.connection,
             &self.topology,
             partition,
             worker,
             self.options.consumer,
             self.applied.clone(),
+            broker.replies.sender(),
         )
         .await
         {

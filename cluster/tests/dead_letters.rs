@@ -9,6 +9,7 @@ use std::time::{Duration, Instant};
 use ferry_cluster::codec::{decode_answers, encode_instructions};
 use ferry_cluster::dead_letters::{list, replay};
 use ferry_cluster::partition_consumer::{ConsumerOptions, PartitionConsumer};
+use ferry_cluster::replies::Replies;
 use ferry_cluster::topology::{QueueLimits, Topology};
 use ferry_file_server::{InitOptions, Store, StoreOptions, WalSync};
 use ferry_instruction_worker::{LocalBus, LocalBusOptions, Worker, WorkerOptions};
@@ -275,6 +276,7 @@ async fn unreadable_and_repeatedly_failing_messages_reach_the_dead_letters() {
     let bus = Arc::new(FailingBus { inner: LocalBus::new(LocalBusOptions::default()) });
     let worker = Arc::new(Worker::new(store, bus, None, WorkerOptions::default()).unwrap());
     let applied = Arc::new(AtomicU64::new(0));
+    let replies = Replies::start(&connection).await.unwrap();
     let consumer = PartitionConsumer::start(
         &connection,
         t,
@@ -282,6 +284,7 @@ async fn unreadable_and_repeatedly_failing_messages_reach_the_dead_letters() {
         worker,
         ConsumerOptions::default(),
         applied.clone(),
+        replies.sender(),
     )
     .await
     .unwrap();

@@ -16,9 +16,13 @@ pub struct ClusterConfig {
     /// Prefix of every queue, exchange and Redis key, so that clusters can share brokers.
     /// Default `ferry`.
     pub namespace: String,
-    /// Longest an instruction waits at the ingress for others of its partition before they
+    /// How long an instruction waits at the ingress for others of its partition before they
     /// travel as one AMQP message (µs). Default 2,000.
     pub linger_us: u64,
+    /// Instruction messages of one partition an ingress has awaiting their confirms before the
+    /// partition's next instructions wait for a confirm and travel together (Nagle's rule; 1
+    /// with `linger_us = 0` is send-on-confirm). Default 64, the node's limit: no wait.
+    pub in_flight_per_partition: usize,
     /// An instruction message is sent once it weighs this much. Default 65,536.
     pub max_batch_bytes: usize,
     /// How long the ingress waits for a worker's answer before answering `unavailable` (ms).
@@ -43,6 +47,7 @@ impl Default for ClusterConfig {
             bus_url: "redis://127.0.0.1:6379/".to_owned(),
             namespace: "ferry".to_owned(),
             linger_us: 2_000,
+            in_flight_per_partition: 64,
             max_batch_bytes: 64 << 10,
             reply_timeout_ms: 10_000,
             max_queue_messages: 50_000,
@@ -59,6 +64,7 @@ impl ClusterConfig {
             check_range(out, format!("cluster.{key}"), value, lo, hi)
         };
         range("linger_us", self.linger_us, 0, 1_000_000);
+        range("in_flight_per_partition", self.in_flight_per_partition as u64, 1, 64);
         range("max_batch_bytes", self.max_batch_bytes as u64, 1024, 64 << 20);
         range("reply_timeout_ms", self.reply_timeout_ms, 1, 3_600_000);
         range("max_queue_messages", self.max_queue_messages.into(), 1, 100_000_000);

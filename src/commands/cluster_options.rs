@@ -14,6 +14,7 @@ pub fn queue_limits(c: &ClusterConfig) -> QueueLimits {
 pub fn amqp_queue_options(c: &ClusterConfig) -> AmqpQueueOptions {
     AmqpQueueOptions {
         linger: Duration::from_micros(c.linger_us),
+        in_flight_per_partition: c.in_flight_per_partition,
         max_batch_bytes: c.max_batch_bytes,
         reply_timeout: Duration::from_millis(c.reply_timeout_ms),
         ..AmqpQueueOptions::default()

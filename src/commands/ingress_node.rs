@@ -3,6 +3,7 @@
 
 use std::net::SocketAddr;
 use std::process::ExitCode;
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -59,10 +60,11 @@ pub fn run(config: &FerryConfig, args: &IngressArgs) -> anyhow::Result<ExitCode>
         let queue = AmqpQueue::start(&c.broker_url, topology, layout, &id, amqp_queue_options(c))
             .await
             .context("connecting the instruction queue")?;
+        let queue = Arc::new(queue);
         let ingress = Ingress::new(
             ingress_options(&config.ingress),
             auth.clone(),
-            Arc::new(queue),
+            queue.clone(),
             Arc::new(bus),
         );
         let listener = TcpListener::bind(listen)
@@ -86,6 +88,7 @@ pub fn run(config: &FerryConfig, args: &IngressArgs) -> anyhow::Result<ExitCode>
             addr,
             capacity,
             ingress.clone(),
+            queue,
             c.lease_ms,
         ));
         ingress.serve(listener, shutdown).await;
@@ -122,7 +125,8 @@ async fn cluster_layout(
     }
 }
 
-/// Keeps the node in the membership with its address, connection count and capacity, and
+/// Keeps the node in the membership with its address, connection count, capacity and the
+/// instructions and AMQP messages it sent (their ratio is how well batching works), and
 /// refreshes the other nodes' loads for `GET /v1/route`.
 async fn heartbeat(
     membership: Membership,
@@ -130,6 +134,7 @@ async fn heartbeat(
     addr: SocketAddr,
     capacity: usize,
     ingress: Arc<Ingress>,
+    queue: Arc<AmqpQueue>,
     lease_ms: u64,
 ) {
     let lease = Duration::from_millis(lease_ms);
@@ -149,6 +154,8 @@ async fn heartbeat(
             ("addr", addr.to_string()),
             ("connections", stats.connections.to_string()),
             ("capacity", capacity.to_string()),
+            ("submitted", queue.stats().submitted.load(Ordering::Relaxed).to_string()),
+            ("messages", queue.stats().messages_published.load(Ordering::Relaxed).to_string()),
         ];
         if let Err(e) = membership.describe(&id, &fields, lease).await {
             tracing::warn!(error = %e, "describing the ingress");
