@@ -19,6 +19,10 @@ type Model = BTreeMap<String, (u64, Option<Vec<u8>>)>;
 struct Rng(u64);
 
 impl Rng {
+    fn seeded(seed: u64) -> Rng {
+        Rng(seed.wrapping_mul(0x9e37_79b9_7f4a_7c15) | 1)
+    }
+
     fn next(&mut self) -> u64 {
         // xorshift64*
         self.0 ^= self.0 >> 12;
@@ -29,6 +33,11 @@ impl Rng {
     fn below(&mut self, n: u64) -> u64 {
         self.next() % n
     }
+}
+
+/// Seeds per crash test: `FERRY_CRASH_ITERATIONS`, default 100.
+fn crash_iterations() -> u64 {
+    std::env::var("FERRY_CRASH_ITERATIONS").ok().and_then(|v| v.parse().ok()).unwrap_or(100)
 }
 
 fn options() -> StoreOptions {
@@ -108,10 +117,8 @@ fn visible(model: &Model) -> Model {
 
 #[test]
 fn every_acknowledged_change_survives_a_simulated_crash() {
-    let iterations: u64 =
-        std::env::var("FERRY_CRASH_ITERATIONS").ok().and_then(|v| v.parse().ok()).unwrap_or(100);
-    for seed in 1..=iterations {
-        let mut rng = Rng(seed.wrapping_mul(0x9e37_79b9_7f4a_7c15) | 1);
+    for seed in 1..=crash_iterations() {
+        let mut rng = Rng::seeded(seed);
         let dir = CrashSimDir::new("/p000");
         let store = open(&dir);
         let mut states = vec![Model::new()];
@@ -169,10 +176,8 @@ fn every_acknowledged_change_survives_a_simulated_crash() {
 /// inside one, and never before the last acknowledged change.
 #[test]
 fn a_group_of_changes_survives_a_simulated_crash_whole_or_not_at_all() {
-    let iterations: u64 =
-        std::env::var("FERRY_CRASH_ITERATIONS").ok().and_then(|v| v.parse().ok()).unwrap_or(100);
-    for seed in 1..=iterations {
-        let mut rng = Rng(seed.wrapping_mul(0x9e37_79b9_7f4a_7c15) | 1);
+    for seed in 1..=crash_iterations() {
+        let mut rng = Rng::seeded(seed);
         let dir = CrashSimDir::new("/p000");
         let store = open(&dir);
         let mut states = vec![Model::new()];

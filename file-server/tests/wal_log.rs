@@ -46,6 +46,31 @@ fn put<'a>(path: &'a str, rev: u64, data: &'a [u8]) -> WalEntry<'a> {
     WalEntry { path, author: "tester", mtime_ms: 1, rev, op: WalOp::Put(data) }
 }
 
+/// Seeds per crash test: `FERRY_CRASH_ITERATIONS`, default 200.
+fn crash_iterations() -> u64 {
+    std::env::var("FERRY_CRASH_ITERATIONS").ok().and_then(|v| v.parse().ok()).unwrap_or(200)
+}
+
+/// The log recovered from `crashed` (`replayed` records kept) accepts a new record right
+/// after them and keeps it through the next crash.
+fn assert_continues_after_recovery(
+    wal: WriteAheadLog,
+    crashed: &CrashSimDir,
+    recovery: &WalRecovery,
+    replayed: usize,
+    seed: u64,
+    options: WalOptions,
+) {
+    let lsn = wal.append(&put("/b", 1, b"after")).unwrap();
+    assert_eq!(lsn, recovery.next_lsn, "seed {seed}");
+    wal.wait(lsn).unwrap();
+    let again = crashed.crash(seed + 1);
+    std::mem::forget(wal); // a crash runs no destructors
+    let (_, seen, _) = open(&again, 0, options);
+    assert_eq!(seen.len(), replayed + 1, "seed {seed}");
+    assert_eq!(seen.last().unwrap().data, b"after", "seed {seed}");
+}
+
 fn always() -> WalOptions {
     WalOptions { sync: WalSync::Always, ..WalOptions::default() }
 }
@@ -347,10 +372,8 @@ fn a_failed_sync_is_reported_to_every_waiter_and_later_appends_are_refused() {
 
 #[test]
 fn acknowledged_records_survive_every_simulated_crash() {
-    let iterations: u64 =
-        std::env::var("FERRY_CRASH_ITERATIONS").ok().and_then(|v| v.parse().ok()).unwrap_or(200);
     let options = WalOptions { sync: WalSync::Always, segment_bytes: 2048, preallocate_bytes: 512 };
-    for seed in 0..iterations {
+    for seed in 0..crash_iterations() {
         let dir = CrashSimDir::new("/p000");
         let (wal, _, _) = open(&dir, 0, options);
         let mut acked = 0u64;
@@ -375,15 +398,7 @@ fn acknowledged_records_survive_every_simulated_crash() {
             assert_eq!(r.lsn, i as u64 + 1, "seed {seed}: a prefix, in order");
             assert_eq!(r.rev, r.lsn);
         }
-        // The recovered log accepts and keeps new records.
-        let lsn = wal.append(&put("/b", 1, b"after")).unwrap();
-        assert_eq!(lsn, recovery.next_lsn);
-        wal.wait(lsn).unwrap();
-        let again = crashed.crash(seed + 1);
-        std::mem::forget(wal);
-        let (_, seen2, _) = open(&again, 0, options);
-        assert_eq!(seen2.len(), seen.len() + 1, "seed {seed}");
-        assert_eq!(seen2.last().unwrap().data, b"after");
+        assert_continues_after_recovery(wal, &crashed, &recovery, seen.len(), seed, options);
     }
 }
 
@@ -572,11 +587,9 @@ fn a_segment_the_tree_already_holds_is_closed_early_and_then_deleted() {
 /// The group a replayed record belongs to (its payload byte) must be whole.
 #[test]
 fn atomic_groups_survive_every_simulated_crash_whole_or_not_at_all() {
-    let iterations: u64 =
-        std::env::var("FERRY_CRASH_ITERATIONS").ok().and_then(|v| v.parse().ok()).unwrap_or(200);
     // Small segments, so that groups straddle segment boundaries.
     let options = WalOptions { sync: WalSync::Always, segment_bytes: 900, preallocate_bytes: 256 };
-    for seed in 0..iterations {
+    for seed in 0..crash_iterations() {
         let dir = CrashSimDir::new("/p000");
         let (wal, _, _) = open(&dir, 0, options);
         let groups = 2 + seed % 6;
@@ -627,15 +640,7 @@ fn atomic_groups_survive_every_simulated_crash_whole_or_not_at_all() {
                 "seed {seed}: an unclosed group replayed"
             );
         }
-        // The log continues right after what recovery kept.
-        let lsn = wal.append(&put("/b", 1, b"after")).unwrap();
-        assert_eq!(lsn, recovery.next_lsn);
-        wal.wait(lsn).unwrap();
-        let again = crashed.crash(seed + 1);
-        std::mem::forget(wal);
-        let (_, seen2, _) = open(&again, 0, options);
-        assert_eq!(seen2.len(), seen.len() + 1, "seed {seed}");
-        assert_eq!(seen2.last().unwrap().data, b"after");
+        assert_continues_after_recovery(wal, &crashed, &recovery, seen.len(), seed, options);
     }
 }
 

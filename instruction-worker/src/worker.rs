@@ -334,6 +334,18 @@ impl Worker {
         }
     }
 
+    /// A prefix op's checks: the prefix is well formed, and the subject may read under it.
+    fn check_prefix_rights(
+        &self,
+        instruction: &Instruction,
+        prefix: &str,
+    ) -> Result<(), ErrorBody> {
+        if let Err(what) = ferry_protocol::check_prefix(prefix) {
+            return Err(ErrorBody::new(ErrorCode::BadPath, what));
+        }
+        self.check_rights(instruction, prefix)
+    }
+
     fn read(&self, op: &Operation, path: &FilePath) -> Result<AnswerBody, ErrorBody> {
         let store_err = |e: StoreError| store_error_body(&e);
         match op {
@@ -369,10 +381,7 @@ impl Worker {
         limit: u32,
         after: Option<&str>,
     ) -> Result<AnswerBody, ErrorBody> {
-        if let Err(what) = ferry_protocol::check_prefix(prefix) {
-            return Err(ErrorBody::new(ErrorCode::BadPath, what));
-        }
-        self.check_rights(instruction, prefix)?;
+        self.check_prefix_rights(instruction, prefix)?;
         let limit = limit.clamp(1, ferry_protocol::MAX_LIST_LIMIT) as usize;
         let mut found =
             self.store.list(prefix, after, limit + 1).map_err(|e| store_error_body(&e))?;
@@ -400,10 +409,7 @@ impl Worker {
         prefix: &str,
         load: bool,
     ) -> Result<AnswerBody, ErrorBody> {
-        if let Err(what) = ferry_protocol::check_prefix(prefix) {
-            return Err(ErrorBody::new(ErrorCode::BadPath, what));
-        }
-        self.check_rights(instruction, prefix)?;
+        self.check_prefix_rights(instruction, prefix)?;
         let files = if load {
             let limit = ferry_protocol::MAX_LIST_LIMIT as usize;
             self.store.load_prefix(prefix, limit).map_err(|e| store_error_body(&e))?
