@@ -292,7 +292,7 @@ impl Store {
         self.route(&change.path)?.submit(change)
     }
 
-    pub fn get(&self, path: &FilePath) -> Result<Option<Record>> {
+    pub fn get(&self, path: &FilePath) -> Result<Option<Arc<Record>>> {
         self.route(path)?.get(path)
     }
 

@@ -118,7 +118,7 @@ fn acknowledged_changes_survive_sigkill() {
                 got == *rev || got == *rev + 1,
                 "kill {kill} (seed {seed}): {path} acknowledged at rev {rev}, found rev {got}"
             );
-            let content = String::from_utf8(record.content.unwrap().to_vec()).unwrap();
+            let content = String::from_utf8(record.content.clone().unwrap().to_vec()).unwrap();
             check_content(&content, got, path);
             // A recovered, unacknowledged change is durable now: the next child builds on it.
             *rev = got;

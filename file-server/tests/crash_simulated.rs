@@ -104,7 +104,7 @@ fn read_state(store: &PartitionStore) -> Model {
     for path in ["/a/1", "/a/2", "/b/x", "/b/y/z", "/c"] {
         let fp = FilePath::parse(path).unwrap();
         if let Some(r) = store.get(&fp).unwrap() {
-            state.insert(path.into(), (r.meta.rev, r.content.map(|c| c.to_vec())));
+            state.insert(path.into(), (r.meta.rev, r.content.as_ref().map(|c| c.to_vec())));
         }
     }
     // A deleted file is invisible to `get`; its revision shows in the next change.
@@ -269,7 +269,7 @@ fn a_failed_wal_sync_is_reported_and_loses_nothing_acknowledged() {
     let crashed = dir.crash(1);
     drop(store);
     let store = open(&crashed);
-    let content = store.get(&a).unwrap().unwrap().content.unwrap();
+    let content = store.get(&a).unwrap().unwrap().content.clone().unwrap();
     assert!(content == "one" || content == "two", "{content:?}");
     store.close().unwrap();
 }
@@ -290,13 +290,13 @@ fn a_failed_tree_commit_is_kept_reported_and_retried() {
     let stats = store.stats();
     assert!(stats.flush_error.is_some());
     assert_eq!(stats.dirty, 5, "nothing leaves the dirty set while the tree cannot take it");
-    assert_eq!(store.get(&paths[3]).unwrap().unwrap().content.unwrap(), "/f/3");
+    assert_eq!(store.get(&paths[3]).unwrap().unwrap().content.clone().unwrap(), "/f/3");
     // Still acknowledged through the WAL meanwhile.
     store.apply(Change::append(paths[0].clone(), "+", "w")).unwrap();
     // A crash now loses nothing acknowledged: it is all in the WAL.
     let crashed = dir.crash(7);
     let recovered = open(&crashed);
-    assert_eq!(recovered.get(&paths[0]).unwrap().unwrap().content.unwrap(), "/f/0+");
+    assert_eq!(recovered.get(&paths[0]).unwrap().unwrap().content.clone().unwrap(), "/f/0+");
     assert_eq!(recovered.list("/f/", None, 10).unwrap().len(), 5);
     recovered.close().unwrap();
     dir.clear_faults();

@@ -45,7 +45,7 @@ fn changes_are_readable_at_once_and_after_flush_and_reopen() {
     let a = p("/home/alice/notes.txt");
     let applied = store.apply(Change::put(a.clone(), "hello", "alice")).unwrap();
     assert_eq!(applied.meta.rev, 1);
-    assert_eq!(store.get(&a).unwrap().unwrap().content.unwrap(), "hello");
+    assert_eq!(store.get(&a).unwrap().unwrap().content.clone().unwrap(), "hello");
     store.apply(Change::append(a.clone(), " world", "bob").expecting(1)).unwrap();
     let meta = store.stat(&a).unwrap().unwrap();
     assert_eq!((meta.rev, meta.size, &*meta.author), (2, 11, "bob"));
@@ -64,7 +64,7 @@ fn changes_are_readable_at_once_and_after_flush_and_reopen() {
     assert_eq!(stats.iter().map(|s| s.dirty).sum::<usize>(), 0);
     assert_eq!(stats.iter().map(|s| s.entries).sum::<u64>(), 50);
     assert_eq!(stats.iter().map(|s| s.tombstones).sum::<u64>(), 1);
-    assert_eq!(store.get(&a).unwrap().unwrap().content.unwrap(), "hello world");
+    assert_eq!(store.get(&a).unwrap().unwrap().content.clone().unwrap(), "hello world");
     // After a flush, a change in the dirty set still wins over the tree in a listing.
     store.apply(Change::delete(p("/home/u8/f"), "x")).unwrap();
     store.apply(Change::put(p("/home/u7/f"), "back", "x").expecting(0)).unwrap();
@@ -221,7 +221,7 @@ fn steady_overwrites_keep_the_tree_bounded_through_automatic_compaction() {
     assert_eq!(stats.entries, 20);
     let f7 = store.get(&p("/o/f7")).unwrap().unwrap();
     assert_eq!(
-        (f7.meta.rev, f7.content.unwrap()[0]),
+        (f7.meta.rev, f7.content.clone().unwrap()[0]),
         (u64::from(ROUNDS), b'a' + ((ROUNDS - 1) % 26) as u8)
     );
     store.close().unwrap();
@@ -257,6 +257,6 @@ fn a_released_prefix_is_flushed_and_leaves_the_cache_and_a_loaded_one_enters_it(
     part.flush().unwrap();
     assert_eq!(stats().cache_bytes, 0, "the released working set left the cache");
     // Released is not lost: read from the tree.
-    assert_eq!(store.get(&alice[7]).unwrap().unwrap().content.unwrap().len(), 1000);
+    assert_eq!(store.get(&alice[7]).unwrap().unwrap().content.clone().unwrap().len(), 1000);
     store.close().unwrap();
 }

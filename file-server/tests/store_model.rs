@@ -134,7 +134,7 @@ fn check(store: &PartitionStore, model: &BTreeMap<&str, ModelFile>) {
         let fp = FilePath::parse(path).unwrap();
         let got = store.get(&fp).unwrap();
         let want = model.get(path).and_then(|f| f.content.clone().map(|c| (f.rev, c)));
-        assert_eq!(got.map(|r| (r.meta.rev, r.content.unwrap().to_vec())), want, "{path}");
+        assert_eq!(got.map(|r| (r.meta.rev, r.content.clone().unwrap().to_vec())), want, "{path}");
     }
     let listed: Vec<String> =
         store.list("/", None, 100).unwrap().into_iter().map(|(p, _)| p.to_string()).collect();

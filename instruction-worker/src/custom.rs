@@ -48,7 +48,7 @@ impl<'a> OpContext<'a> {
     }
 
     /// The file's current version (including this op's own writes); `None` if absent.
-    pub fn read(&self) -> Result<Option<Record>, ErrorBody> {
+    pub fn read(&self) -> Result<Option<Arc<Record>>, ErrorBody> {
         self.store.get(self.path).map_err(|e| store_error_body(&e))
     }
 
@@ -87,8 +87,8 @@ impl CustomOp for CounterIncrement {
         let (current, rev) = match ctx.read()? {
             None => (0, 0),
             Some(record) => {
-                let content = record.content.unwrap_or_default();
-                let value = serde_json::from_slice::<Value>(&content)
+                let content = record.content.as_deref().unwrap_or_default();
+                let value = serde_json::from_slice::<Value>(content)
                     .ok()
                     .and_then(|v| v.as_i64())
                     .ok_or_else(|| {

@@ -355,9 +355,9 @@ impl Worker {
                 Ok(AnswerBody::File(FileBody {
                     path: Arc::from(path.as_str()),
                     rev: record.meta.rev,
-                    content: record.content.unwrap_or_default(),
+                    content: record.content.clone().unwrap_or_default(),
                     mtime_ms: record.meta.mtime_ms,
-                    author: record.meta.author,
+                    author: record.meta.author.clone(),
                 }))
             }
             _ => {

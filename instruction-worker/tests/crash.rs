@@ -74,7 +74,7 @@ fn retries_after_a_crash_get_their_original_answers_and_apply_nothing() {
         let path = ferry_file_server::FilePath::parse(&format!("/c/{f}")).unwrap();
         let expected = (0..WRITES).filter(|i| i % 3 == f).count();
         let file = store.get(&path).unwrap().unwrap();
-        assert_eq!(file.content.unwrap().len(), expected, "{path}");
+        assert_eq!(file.content.clone().unwrap().len(), expected, "{path}");
         assert_eq!(file.meta.rev, expected as u64);
     }
 }

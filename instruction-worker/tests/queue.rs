@@ -91,7 +91,11 @@ fn per_file_order_holds_under_concurrent_submitters() {
             _ => unreachable!(),
         })
         .collect();
-    assert_eq!(file.content.unwrap(), content.as_bytes(), "the file is the events in order");
+    assert_eq!(
+        file.content.as_deref(),
+        Some(content.as_bytes()),
+        "the file is the events in order"
+    );
     // The answers carry the same revisions as the events.
     let mut by_path: HashMap<String, Vec<u64>> = HashMap::new();
     for e in everything.try_iter() {
@@ -153,7 +157,7 @@ fn a_full_queue_answers_busy_and_shutdown_drains_what_was_taken() {
     let after = queue.submit(instruction(5, "u", "d", append("/q/a", "4")), reply_into(&tx));
     assert_eq!(after, Err(QueueError::Unavailable));
     let file = store.get(&ferry_file_server::FilePath::parse("/q/a").unwrap()).unwrap().unwrap();
-    assert_eq!(file.content.unwrap(), &b"12"[..]);
+    assert_eq!(file.content.clone().unwrap(), &b"12"[..]);
 }
 
 #[test]

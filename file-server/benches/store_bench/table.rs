@@ -16,6 +16,8 @@ pub enum Baseline {
     BestPeer,
     /// LMDB's row.
     Lmdb,
+    /// The memory floor's row ([`super::memory_floor`]).
+    MemoryFloor,
     /// No ratio (reference measurements).
     None,
 }
@@ -50,6 +52,9 @@ impl Row {
             Baseline::None => None,
             Baseline::Lmdb => {
                 same.filter(|r| r.engine == super::lmdb::NAME).map(|r| r.value).next()
+            }
+            Baseline::MemoryFloor => {
+                same.filter(|r| r.engine == super::memory_floor::NAME).map(|r| r.value).next()
             }
             Baseline::BestPeer => {
                 let peers = same.filter(|r| r.is_peer).map(|r| r.value);
@@ -131,6 +136,7 @@ pub fn markdown(rows: &[Row]) -> String {
             Baseline::BestPeer if row.better == Better::Higher => "best peer (higher is better)",
             Baseline::BestPeer => "smallest peer (lower is better)",
             Baseline::Lmdb => "LMDB",
+            Baseline::MemoryFloor => "memory floor",
             Baseline::None => "-",
         };
         let _ = writeln!(

@@ -1,5 +1,6 @@
 //! The cache of clean file versions: moka decides what stays (bounded in bytes, TinyLFU), and
-//! a concurrent map mirrors what moka holds so that a hit costs one shard read lock.
+//! a [`HitTable`] mirrors what moka holds so that a hit costs one shard read lock and about
+//! three memory reads.
 //!
 //! moka's own `get` records every read for its policy (a channel, a clock read, housekeeping);
 //! at several hundred instructions per hit that alone caps a core near 3M reads/s. Here a hit
@@ -13,23 +14,19 @@
 use std::cell::Cell;
 use std::sync::Arc;
 
-use dashmap::DashMap;
-
+use super::hit_table::HitTable;
 use crate::path::FilePath;
 use crate::record::Record;
 
-/// One hit in this many (per thread) is also reported to moka's policy.
-pub const POLICY_SAMPLE: u32 = 16;
-
-/// foldhash rather than the default SipHash: hashing the path was a sixth of a cached read.
-/// It is randomly seeded too, with weaker guarantees against deliberately colliding paths.
-type Hasher = foldhash::fast::RandomState;
+/// One hit in this many (per thread) is also reported to moka's policy. At one in 16 the
+/// reports were an eighth of a cached read's time.
+pub const POLICY_SAMPLE: u32 = 64;
 
 pub(super) struct CleanCache {
     /// `false` for a zero-byte cache: nothing is kept (moka would take and drop each entry).
     enabled: bool,
-    mirror: Arc<DashMap<FilePath, Arc<Record>, Hasher>>,
-    policy: moka::sync::Cache<FilePath, Arc<Record>, Hasher>,
+    mirror: Arc<HitTable>,
+    policy: moka::sync::Cache<FilePath, Arc<Record>, foldhash::fast::RandomState>,
 }
 
 thread_local! {
@@ -39,8 +36,7 @@ thread_local! {
 impl CleanCache {
     /// A cache of at most `bytes` (content, path, author and a fixed overhead per file).
     pub(super) fn new(bytes: u64) -> CleanCache {
-        let mirror: Arc<DashMap<FilePath, Arc<Record>, Hasher>> =
-            Arc::new(DashMap::with_hasher(Hasher::default()));
+        let mirror = Arc::new(HitTable::new());
         let evicted = Arc::downgrade(&mirror);
         let policy = moka::sync::Cache::builder()
             .max_capacity(bytes)
@@ -51,15 +47,15 @@ impl CleanCache {
             })
             .eviction_listener(move |path: Arc<FilePath>, record: Arc<Record>, _cause| {
                 if let Some(mirror) = evicted.upgrade() {
-                    mirror.remove_if(&*path, |_, held| Arc::ptr_eq(held, &record));
+                    mirror.remove_if_held(&path, &record);
                 }
             })
-            .build_with_hasher(Hasher::default());
+            .build_with_hasher(foldhash::fast::RandomState::default());
         CleanCache { enabled: bytes > 0, mirror, policy }
     }
 
     pub(super) fn get(&self, path: &FilePath) -> Option<Arc<Record>> {
-        let found = self.mirror.get(path).map(|r| r.value().clone())?;
+        let found = self.mirror.get(path)?;
         let sampled = HITS.with(|hits| {
             let n = hits.get().wrapping_add(1);
             hits.set(n);
@@ -75,21 +71,21 @@ impl CleanCache {
         if !self.enabled {
             return;
         }
-        self.mirror.insert(path.clone(), record.clone());
+        self.mirror.insert(&path, record.clone());
         self.policy.insert(path, record);
     }
 
     /// Drops every cached version under `prefix`.
     pub(super) fn evict_prefix(&self, prefix: &str) {
-        let doomed: Vec<FilePath> = self
-            .mirror
+        self.mirror.remove_prefix(prefix);
+        let doomed: Vec<Arc<FilePath>> = self
+            .policy
             .iter()
-            .filter(|e| e.key().as_str().starts_with(prefix))
-            .map(|e| e.key().clone())
+            .map(|(path, _)| path)
+            .filter(|p| p.as_str().starts_with(prefix))
             .collect();
-        for path in &doomed {
-            self.mirror.remove(path);
-            self.policy.invalidate(path);
+        for path in doomed {
+            self.policy.invalidate(&*path);
         }
     }
 

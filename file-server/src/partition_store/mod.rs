@@ -15,6 +15,7 @@
 
 mod change;
 mod clean_cache;
+mod hit_table;
 
 pub use change::{apply_change, Change, Edit};
 
@@ -283,8 +284,8 @@ impl PartitionStore {
     }
 
     /// The file's current version, `None` if it does not exist or was deleted.
-    pub fn get(&self, path: &FilePath) -> Result<Option<Record>> {
-        Ok(self.inner.read(path)?.filter(|r| !r.is_deleted()).map(|r| (*r).clone()))
+    pub fn get(&self, path: &FilePath) -> Result<Option<Arc<Record>>> {
+        Ok(self.inner.read(path)?.filter(|r| !r.is_deleted()))
     }
 
     /// The file's metadata, `None` if it does not exist or was deleted.
