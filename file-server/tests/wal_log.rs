@@ -677,3 +677,25 @@ fn a_grouped_record_is_acknowledged_only_once_its_group_ends() {
     assert_eq!(seen.iter().map(|r| r.lsn).collect::<Vec<_>>(), vec![lsn]);
     assert_eq!(recovery.next_lsn, lsn + 2);
 }
+
+#[test]
+fn a_preallocation_larger_than_one_zero_chunk_is_all_zeros_and_replays() {
+    let dir = CrashSimDir::new("/p000");
+    let prealloc = 200 << 10;
+    let options =
+        WalOptions { sync: WalSync::Always, segment_bytes: 1 << 20, preallocate_bytes: prealloc };
+    let (wal, _, _) = open(&dir, 0, options);
+    let lsn = wal.append(&put("/f/1", 1, b"hello")).unwrap();
+    wal.wait(lsn).unwrap();
+    let names: Vec<String> =
+        dir.list().unwrap().into_iter().filter(|n| n.starts_with("wal-")).collect();
+    let bytes = dir.read_file(&names[0]).unwrap();
+    let records_end = bytes.len() - prealloc as usize;
+    assert!(records_end > SEGMENT_HEADER as usize, "the record precedes the zeros");
+    assert!(bytes[records_end..].iter().all(|&b| b == 0), "the preallocated tail is zeros");
+    drop(wal);
+    let crashed = dir.crash(7);
+    let (_, seen, _) = open(&crashed, 0, options);
+    assert_eq!(seen.len(), 1);
+    assert_eq!((seen[0].path.as_str(), seen[0].data.as_slice()), ("/f/1", &b"hello"[..]));
+}

@@ -280,6 +280,9 @@ struct BenchReport {
     open_file_limit: u64,
     server_rss_kib_before: Option<u64>,
     server_rss_kib_after: Option<u64>,
+    /// The server's CPU seconds (all threads, user + system) before and after the runs.
+    server_cpu_s_before: Option<f64>,
+    server_cpu_s_after: Option<f64>,
     warnings: Vec<String>,
     runs: Vec<LoadReport>,
     /// The highest rate among the steps that met every goal (with --find-max).
@@ -378,6 +381,7 @@ pub fn run(config: &FerryConfig, args: &BenchArgs) -> anyhow::Result<ExitCode> {
     };
     let server_pid = spawned.as_ref().map(SpawnedServer::pid).or(args.server_pid);
     let rss = || server_pid.and_then(|pid| server::rss_kib(pid).ok());
+    let cpu = || server_pid.and_then(|pid| server::cpu_seconds(pid).ok());
     let mut report = BenchReport {
         scenario: args.scenario,
         preset: args.preset,
@@ -390,6 +394,8 @@ pub fn run(config: &FerryConfig, args: &BenchArgs) -> anyhow::Result<ExitCode> {
         open_file_limit,
         server_rss_kib_before: rss(),
         server_rss_kib_after: None,
+        server_cpu_s_before: cpu(),
+        server_cpu_s_after: None,
         warnings,
         runs: Vec::new(),
         max_sustained_rate: None,
@@ -426,6 +432,7 @@ pub fn run(config: &FerryConfig, args: &BenchArgs) -> anyhow::Result<ExitCode> {
         }
     });
     report.server_rss_kib_after = rss();
+    report.server_cpu_s_after = cpu();
     report.load_after = load_average();
     drop(runtime);
     if let Some(server) = spawned {
@@ -625,6 +632,18 @@ fn table(report: &BenchReport) -> String {
     );
     if let (Some(a), Some(b)) = (report.server_rss_kib_before, report.server_rss_kib_after) {
         let _ = writeln!(out, "  server RSS {a} KiB before, {b} KiB after");
+    }
+    if let (Some(a), Some(b)) = (report.server_cpu_s_before, report.server_cpu_s_after) {
+        let acked: u64 = report.runs.iter().map(|r| r.writes_acked).sum();
+        let per_write = if acked > 0 {
+            format!(
+                ", {:.1} us per acknowledged write (warm-up and drain included)",
+                (b - a) * 1e6 / acked as f64
+            )
+        } else {
+            String::new()
+        };
+        let _ = writeln!(out, "  server CPU {:.2} s during the runs{per_write}", b - a);
     }
     for warning in &report.warnings {
         let _ = writeln!(out, "  WARNING: {warning}");

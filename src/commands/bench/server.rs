@@ -117,6 +117,27 @@ pub fn rss_kib(pid: u32) -> anyhow::Result<u64> {
     parse_vm_rss(&status).with_context(|| format!("no VmRSS line in {path}"))
 }
 
+/// CPU time (user + system, all threads) the process has used so far, in seconds.
+pub fn cpu_seconds(pid: u32) -> anyhow::Result<f64> {
+    let path = format!("/proc/{pid}/stat");
+    let stat = std::fs::read_to_string(&path).with_context(|| format!("reading {path}"))?;
+    let ticks = parse_cpu_ticks(&stat).with_context(|| format!("no utime/stime in {path}"))?;
+    // SAFETY: sysconf reads a constant and touches no memory of ours.
+    let per_second = unsafe { libc::sysconf(libc::_SC_CLK_TCK) };
+    anyhow::ensure!(per_second > 0, "sysconf(_SC_CLK_TCK) failed");
+    Ok(ticks as f64 / per_second as f64)
+}
+
+/// utime + stime, fields 14 and 15 of `/proc/PID/stat`, counted after the command name's
+/// closing parenthesis (the name itself may hold spaces and parentheses).
+fn parse_cpu_ticks(stat: &str) -> Option<u64> {
+    let after_name = &stat[stat.rfind(')')? + 1..];
+    let mut fields = after_name.split_whitespace().skip(11);
+    let utime: u64 = fields.next()?.parse().ok()?;
+    let stime: u64 = fields.next()?.parse().ok()?;
+    Some(utime + stime)
+}
+
 fn parse_vm_rss(status: &str) -> Option<u64> {
     let line = status.lines().find(|l| l.starts_with("VmRSS:"))?;
     line.split_whitespace().nth(1)?.parse().ok()
@@ -142,6 +163,13 @@ pub fn raise_open_file_limit() -> anyhow::Result<u64> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn cpu_ticks_are_read_after_the_command_name() {
+        let stat = "4242 (ferry (a) b) S 1 4242 4242 0 -1 4194560 900 0 0 0 250 37 0 0 20 0 9";
+        assert_eq!(parse_cpu_ticks(stat), Some(287));
+        assert_eq!(parse_cpu_ticks("4242 (ferry) S 1"), None);
+    }
 
     #[test]
     fn vm_rss_is_read_from_the_status_text() {
