@@ -862,23 +862,39 @@ impl WriteAheadLog {
         while removable + 1 < io.segments.len() && io.segments[removable + 1].first_lsn <= lsn + 1 {
             removable += 1;
         }
-        let mut removed = 0;
-        for seg in io.segments.iter().take(removable) {
+        let doomed: Vec<Segment> = io.segments.drain(..removable).collect();
+        let mut count = io.segments.len();
+        let dir = io.dir.clone();
+        // Unlinked after the lock is released: the writer never touches these segments again,
+        // and an unlink (a truncate, with a discard on some mounts) must not hold up appends.
+        drop(io);
+        let (mut removed, mut kept, mut error) = (0, Vec::new(), None);
+        for seg in doomed {
             // If a removal is lost in a crash, the segment's records are all at or below the
             // checkpoint and recovery skips them.
-            io.dir
-                .remove_file(&seg.name)
-                .map_err(|e| StoreError::io("remove", io.dir.path().join(&seg.name), e))?;
-            removed_bytes += seg.bytes;
-            removed += 1;
+            match dir.remove_file(&seg.name) {
+                Ok(()) => {
+                    removed_bytes += seg.bytes;
+                    removed += 1;
+                }
+                Err(e) => {
+                    error.get_or_insert_with(|| {
+                        StoreError::io("remove", dir.path().join(&seg.name), e)
+                    });
+                    kept.push(seg);
+                }
+            }
         }
-        io.segments.drain(..removed);
-        let count = io.segments.len();
-        drop(io);
+        if !kept.is_empty() {
+            // Older than every segment still listed: back at the front, to be tried again.
+            let mut io = self.shared.io.lock();
+            io.segments.splice(0..0, kept);
+            count = io.segments.len();
+        }
         let mut st = self.shared.state.lock();
         st.total_bytes -= removed_bytes;
         st.segment_count = count;
-        Ok(removed)
+        error.map_or(Ok(removed), Err)
     }
 
     /// Writes and syncs everything appended, then stops accepting appends.
