@@ -27,13 +27,25 @@ pub(crate) struct Fanout {
     /// Events a topic's fan-out may be behind (per shard): as many as a connection's send
     /// queue holds, since a watcher further behind than that is closed anyway.
     queue_capacity: usize,
-    topics: Mutex<HashMap<Topic, TopicEntry>>,
+    /// Held only to find or add a topic's slot, never across a call to the bus.
+    topics: Mutex<HashMap<Topic, Arc<TopicSlot>>>,
     next_watch: AtomicU64,
 }
 
-struct TopicEntry {
-    bus_id: SubscriptionId,
+/// One topic's subscription. Its lock is held across the bus's (blocking) subscribe, so that
+/// the topic's other first watchers wait for it, while other topics' subscribes go ahead and
+/// the bus can confirm them together.
+struct TopicSlot {
+    state: Mutex<SlotState>,
+}
+
+struct SlotState {
     sink: Arc<TopicSink>,
+    /// `None` until the bus subscription is made.
+    bus_id: Option<SubscriptionId>,
+    /// Its last watch left and it was taken out of the map: a watcher that finds it so must
+    /// look the topic up again.
+    closed: bool,
 }
 
 impl Fanout {
@@ -62,27 +74,42 @@ impl Fanout {
             buffer_limit,
             feed: Mutex::new(Feed::Buffering(Vec::new())),
         });
-        let mut topics = self.topics.lock().unwrap_or_else(PoisonError::into_inner);
-        match topics.get(topic) {
-            Some(entry) => entry.sink.add(watch.clone()),
-            None => {
-                let sink = Arc::new(TopicSink::new(Handle::current(), self.queue_capacity));
-                sink.add(watch.clone());
-                let bus_id = self.bus.subscribe(topic.clone(), sink.clone());
-                topics.insert(topic.clone(), TopicEntry { bus_id, sink });
+        loop {
+            let slot = {
+                let mut topics = self.topics.lock().unwrap_or_else(PoisonError::into_inner);
+                let slot = topics.entry(topic.clone()).or_insert_with(|| {
+                    let sink = Arc::new(TopicSink::new(Handle::current(), self.queue_capacity));
+                    let state = SlotState { sink, bus_id: None, closed: false };
+                    Arc::new(TopicSlot { state: Mutex::new(state) })
+                });
+                slot.clone()
+            };
+            let mut state = slot.state.lock().unwrap_or_else(PoisonError::into_inner);
+            if state.closed {
+                continue;
             }
+            state.sink.add(watch.clone());
+            if state.bus_id.is_none() {
+                state.bus_id = Some(self.bus.subscribe(topic.clone(), state.sink.clone()));
+            }
+            return watch;
         }
-        watch
     }
 
     /// Removes a watch; the node leaves the bus topic after its last watch. May block on the
     /// bus.
     pub(crate) fn unwatch(&self, topic: &Topic, watch: &Watch) {
-        let mut topics = self.topics.lock().unwrap_or_else(PoisonError::into_inner);
-        let Some(entry) = topics.get(topic) else { return };
-        if entry.sink.remove(watch.id) {
-            let bus_id = entry.bus_id;
-            topics.remove(topic);
+        let slot = self.topics.lock().unwrap_or_else(PoisonError::into_inner).get(topic).cloned();
+        let Some(slot) = slot else { return };
+        let mut state = slot.state.lock().unwrap_or_else(PoisonError::into_inner);
+        if state.closed || !state.sink.remove(watch.id) {
+            return;
+        }
+        state.closed = true;
+        // Still this slot in the map: only a closing unwatch removes one, under the slot's
+        // lock held here.
+        self.topics.lock().unwrap_or_else(PoisonError::into_inner).remove(topic);
+        if let Some(bus_id) = state.bus_id {
             self.bus.unsubscribe(bus_id);
         }
     }
@@ -229,6 +256,103 @@ pub(crate) mod tests {
 
     fn revs(run: &[Arc<ChangeEvent>]) -> Vec<u64> {
         run.iter().map(|e| e.rev).collect()
+    }
+
+    /// A bus whose `subscribe` waits (up to 2 s) until `overlap` subscribes are in progress at
+    /// once, and counts subscribes and unsubscribes.
+    struct OverlapBus {
+        overlap: usize,
+        state: std::sync::Mutex<OverlapState>,
+        cond: std::sync::Condvar,
+    }
+
+    #[derive(Default)]
+    struct OverlapState {
+        in_flight: usize,
+        most_in_flight: usize,
+        subscribes: u64,
+        unsubscribes: u64,
+    }
+
+    impl OverlapBus {
+        fn new(overlap: usize) -> Arc<OverlapBus> {
+            let state = std::sync::Mutex::new(OverlapState::default());
+            Arc::new(OverlapBus { overlap, state, cond: std::sync::Condvar::new() })
+        }
+    }
+
+    impl ChangeBus for OverlapBus {
+        fn publish(&self, _: ChangeEvent) {}
+
+        fn subscribe(&self, _: Topic, _: Arc<dyn ferry_protocol::EventSink>) -> SubscriptionId {
+            let mut st = self.state.lock().unwrap();
+            st.in_flight += 1;
+            st.subscribes += 1;
+            st.most_in_flight = st.most_in_flight.max(st.in_flight);
+            self.cond.notify_all();
+            let wait = std::time::Duration::from_secs(2);
+            let (mut st, _) = self
+                .cond
+                .wait_timeout_while(st, wait, |s| s.most_in_flight < self.overlap)
+                .unwrap();
+            st.in_flight -= 1;
+            SubscriptionId(st.subscribes)
+        }
+
+        fn unsubscribe(&self, _: SubscriptionId) {
+            self.state.lock().unwrap().unsubscribes += 1;
+        }
+
+        fn history(&self, _: &str, _: u64) -> ferry_protocol::History {
+            ferry_protocol::History::Events(Vec::new())
+        }
+    }
+
+    fn watch_of(fanout: &Fanout, path: &str) -> Arc<Watch> {
+        let (outbox, _rx) = Outbox::new(8);
+        fanout.watch(&Topic::Path(path.into()), Arc::new(outbox), 8)
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn first_watchers_of_different_topics_subscribe_at_the_same_time() {
+        let bus = OverlapBus::new(2);
+        let fanout = Arc::new(Fanout::new(bus.clone(), 64));
+        let tasks: Vec<_> = ["/a", "/b"]
+            .into_iter()
+            .map(|path| {
+                let fanout = fanout.clone();
+                tokio::task::spawn_blocking(move || drop(watch_of(&fanout, path)))
+            })
+            .collect();
+        for task in tasks {
+            task.await.unwrap();
+        }
+        let st = bus.state.lock().unwrap();
+        assert_eq!(st.most_in_flight, 2, "one topic's subscribe waited for the other's");
+        assert_eq!((st.subscribes, fanout.topic_count()), (2, 2));
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_topic_left_by_its_last_watcher_is_subscribed_again_by_the_next() {
+        let bus = OverlapBus::new(1);
+        let fanout = Arc::new(Fanout::new(bus.clone(), 64));
+        let f = fanout.clone();
+        tokio::task::spawn_blocking(move || {
+            let topic = Topic::Path("/a".into());
+            let (first, second) = (watch_of(&f, "/a"), watch_of(&f, "/a"));
+            f.unwatch(&topic, &first);
+            assert_eq!(f.topic_count(), 1, "a watcher is left");
+            f.unwatch(&topic, &second);
+            f.unwatch(&topic, &second);
+            assert_eq!(f.topic_count(), 0);
+            let again = watch_of(&f, "/a");
+            assert_eq!(f.topic_count(), 1);
+            f.unwatch(&topic, &again);
+        })
+        .await
+        .unwrap();
+        let st = bus.state.lock().unwrap();
+        assert_eq!((st.subscribes, st.unsubscribes), (2, 2));
     }
 
     #[test]
