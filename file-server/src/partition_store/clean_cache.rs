@@ -14,7 +14,7 @@
 use std::cell::Cell;
 use std::sync::Arc;
 
-use super::hit_table::HitTable;
+use super::hit_table::{Hasher, HitTable};
 use crate::path::FilePath;
 use crate::record::Record;
 
@@ -26,7 +26,7 @@ pub(super) struct CleanCache {
     /// `false` for a zero-byte cache: nothing is kept (moka would take and drop each entry).
     enabled: bool,
     mirror: Arc<HitTable>,
-    policy: moka::sync::Cache<FilePath, Arc<Record>, foldhash::fast::RandomState>,
+    policy: moka::sync::Cache<FilePath, Arc<Record>, Hasher>,
 }
 
 thread_local! {
@@ -50,7 +50,7 @@ impl CleanCache {
                     mirror.remove_if_held(&path, &record);
                 }
             })
-            .build_with_hasher(foldhash::fast::RandomState::default());
+            .build_with_hasher(Hasher::default());
         CleanCache { enabled: bytes > 0, mirror, policy }
     }
 

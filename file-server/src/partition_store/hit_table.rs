@@ -22,9 +22,10 @@ pub const INLINE_PATH: usize = 46;
 /// Shards per table, so that readers on several cores rarely meet on one lock's cache line.
 const SHARDS: usize = 8;
 
-/// foldhash rather than SipHash: hashing the path was a sixth of a cached read. It is randomly
-/// seeded too, with weaker guarantees against deliberately colliding paths.
-type Hasher = foldhash::fast::RandomState;
+/// The hasher of this table and of moka's policy beside it. foldhash rather than SipHash:
+/// hashing the path was a sixth of a cached read. It is randomly seeded too, with weaker
+/// guarantees against deliberately colliding paths.
+pub(super) type Hasher = foldhash::fast::RandomState;
 
 pub(super) struct HitTable {
     shards: Box<[Shard]>,
@@ -39,6 +40,14 @@ struct Slot {
     hash: u64,
     record: Arc<Record>,
     key: SlotKey,
+}
+
+impl Slot {
+    /// Whether this slot is the path with these bytes and hash (the hash first: it is in the
+    /// slot, and a mismatch spares the byte comparison).
+    fn holds(&self, hash: u64, path: &[u8]) -> bool {
+        self.hash == hash && self.key.bytes() == path
+    }
 }
 
 enum SlotKey {
@@ -73,8 +82,9 @@ impl HitTable {
         HitTable { shards, hasher: Hasher::default() }
     }
 
-    fn locate(&self, path: &FilePath) -> (u64, &RwLock<HashTable<Slot>>) {
-        let hash = self.hasher.hash_one(path.as_str().as_bytes());
+    /// The path's hash and the shard that holds it.
+    fn locate(&self, path: &[u8]) -> (u64, &RwLock<HashTable<Slot>>) {
+        let hash = self.hasher.hash_one(path);
         // Bits hashbrown does not use for a table of under 2^48 slots: it takes the low bits
         // for the position and the top seven as the tag.
         let shard = (hash >> 48) as usize % SHARDS;
@@ -82,17 +92,17 @@ impl HitTable {
     }
 
     pub(super) fn get(&self, path: &FilePath) -> Option<Arc<Record>> {
-        let (hash, shard) = self.locate(path);
         let wanted = path.as_str().as_bytes();
+        let (hash, shard) = self.locate(wanted);
         let table = shard.read();
-        table.find(hash, |s| s.hash == hash && s.key.bytes() == wanted).map(|s| s.record.clone())
+        table.find(hash, |s| s.holds(hash, wanted)).map(|s| s.record.clone())
     }
 
     pub(super) fn insert(&self, path: &FilePath, record: Arc<Record>) {
-        let (hash, shard) = self.locate(path);
         let wanted = path.as_str().as_bytes();
+        let (hash, shard) = self.locate(wanted);
         let mut table = shard.write();
-        match table.entry(hash, |s| s.hash == hash && s.key.bytes() == wanted, |s| s.hash) {
+        match table.entry(hash, |s| s.holds(hash, wanted), |s| s.hash) {
             hashbrown::hash_table::Entry::Occupied(mut slot) => slot.get_mut().record = record,
             hashbrown::hash_table::Entry::Vacant(vacant) => {
                 vacant.insert(Slot { hash, record, key: SlotKey::new(path) });
@@ -102,11 +112,10 @@ impl HitTable {
 
     /// Removes `path` only if the table still holds that very version of it.
     pub(super) fn remove_if_held(&self, path: &FilePath, record: &Arc<Record>) {
-        let (hash, shard) = self.locate(path);
         let wanted = path.as_str().as_bytes();
+        let (hash, shard) = self.locate(wanted);
         let mut table = shard.write();
-        let eq = |s: &Slot| s.hash == hash && s.key.bytes() == wanted;
-        if let Ok(slot) = table.find_entry(hash, eq) {
+        if let Ok(slot) = table.find_entry(hash, |s| s.holds(hash, wanted)) {
             if Arc::ptr_eq(&slot.get().record, record) {
                 slot.remove();
             }
