@@ -91,7 +91,7 @@ impl KeyLedger {
         let mut loaded: Vec<(u64, usize, Vec<Entry>)> = Vec::new();
         for (i, path) in slots.iter().enumerate() {
             let Some(record) = store.get(path)? else { continue };
-            let content = record.content.clone().unwrap_or_default();
+            let content = record.content.as_deref().unwrap_or_default();
             let mut lines = content.split(|&b| b == b'\n').filter(|l| !l.is_empty());
             let header: Option<Header> = lines.next().and_then(|l| serde_json::from_slice(l).ok());
             let Some(header) = header.filter(|h| h.ledger == LEDGER_FORMAT) else {
