@@ -56,12 +56,13 @@ pub const DEFAULT_SEGMENT_BYTES: u64 = 64 << 20;
 /// written past it were written (and, under `Always`, synced) for nothing.
 pub const DEFAULT_PREALLOCATE_BYTES: u64 = 1 << 20;
 
-/// The zeros every preallocation writes from, a chunk at a time: a fresh zeroed buffer per
-/// preallocation cost a quarter of a worker thread's time in `memset`.
-static ZEROS: [u8; 64 << 10] = [0; 64 << 10];
 /// A segment at least this long whose every record is at or below the checkpoint is closed at
 /// the next append, so that the checkpoint after it can delete it.
 pub const ROLL_COVERED_BYTES: u64 = 1 << 20;
+
+/// The zeros every preallocation writes from, a chunk at a time: a fresh zeroed buffer per
+/// preallocation cost a quarter of a worker thread's time in `memset`.
+static ZEROS: [u8; 64 << 10] = [0; 64 << 10];
 
 const OP_PUT: u8 = 1;
 const OP_APPEND: u8 = 2;
