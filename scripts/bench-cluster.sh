@@ -3,7 +3,9 @@
 #   1. the raw RabbitMQ ceiling (cluster/benches/amqp_ceiling.rs: lapin, 500-byte persistent
 #      messages, one per message, confirms, over 16 partition quorum queues);
 #   2. a local cluster (2 workers, 2 ingress nodes) loaded by `ferry bench` over both ingress
-#      nodes: the highest rate with p99 ack <= 50 ms (--find-max), reported as a ratio to 1.;
+#      nodes: its throughput in a closed loop with as many writes in flight as the ceiling's
+#      client keeps (one per connection), and the highest open-loop rate with p99 ack <= 50 ms
+#      (--find-max), each reported as a ratio to 1.;
 #   3. the backlog drain (cluster/benches/backlog.rs: 200,000 instructions queued, then 2 workers).
 # Optional: BENCH_PEAK=1 also runs the peak preset (10,000 clients, 15,000/s, 60 s) through the
 # cluster. Results go to stdout and to $OUT (default target/bench-cluster).
@@ -20,11 +22,16 @@ cargo build --release --quiet --bin ferry
 echo "== load before: $(cut -d' ' -f1-3 /proc/loadavg)"
 cargo bench --quiet -p ferry-cluster --bench amqp_ceiling -- --seconds 15 | tee "$OUT/ceiling.json"
 ceiling=$(sed -n 's/.*"messages_per_sec":\([0-9]*\).*/\1/p' "$OUT/ceiling.json")
+in_flight=$(sed -n 's/.*"in_flight":\([0-9]*\).*/\1/p' "$OUT/ceiling.json")
 
 rm -rf "$FERRY_CLUSTER_DIR"
 trap 'scripts/cluster.sh down >/dev/null 2>&1 || true' EXIT
 scripts/cluster.sh up 2 2
 urls="ws://127.0.0.1:$FERRY_INGRESS_BASE_PORT/v1/ws,ws://127.0.0.1:$((FERRY_INGRESS_BASE_PORT + 1))/v1/ws"
+target/release/ferry bench --url "$urls" --connections "$in_flight" --closed-loop --duration 10s \
+  --warmup 3s --json >"$OUT/closed-loop.json" || true
+closed=$(python3 -c 'import json,sys; r=json.load(open(sys.argv[1])); run=r["runs"][0]; print(int(run["achieved_rate"]) if not run["failures"] else 0)' "$OUT/closed-loop.json")
+echo "== ceiling ${ceiling} msgs/s; ferry closed loop, ${in_flight} in flight: ${closed}/s (verified: 0 means not); ratio $(python3 -c "print(round($closed/$ceiling, 2))")"
 start=$((ceiling / 2))
 target/release/ferry bench --url "$urls" --connections 1000 --rate "$start" --duration 10s \
   --warmup 3s --find-max --max-steps 6 --goal-ack-p99-ms 50 --json >"$OUT/find-max.json" || true

@@ -1,5 +1,5 @@
-//! `ferry bench --spawn` end to end: a short verified run whose counts add up, a missed goal,
-//! and a run that must fail. (The verifier's logic is unit-tested in
+//! `ferry bench --spawn` end to end: a short verified run whose counts add up, a closed loop,
+//! a missed goal, and a run that must fail. (The verifier's logic is unit-tested in
 //! `src/commands/bench/verify.rs`: gaps, duplicates, reorders, lost writes.)
 
 use std::process::{Command, Output};
@@ -69,6 +69,38 @@ fn a_short_run_is_verified_and_its_counts_add_up() {
     assert_eq!(count(&run["fanout_latency"]["count"]), 2 * acks);
     assert!(run["achieved_rate"].as_f64().unwrap() > 0.0, "{run:#}");
     assert!(count(&report["server_rss_kib_before"]) > 0);
+}
+
+#[test]
+fn a_closed_loop_keeps_its_writes_in_flight_and_stops_at_the_end() {
+    let (output, report) = bench(&[
+        "--connections",
+        "4",
+        "--closed-loop",
+        "--max-in-flight",
+        "2",
+        "--duration",
+        "1s",
+        "--warmup",
+        "300ms",
+    ]);
+    assert!(output.status.success(), "{report:#}");
+    assert_eq!(report["verified"], true);
+    let run = &report["runs"][0];
+    assert_eq!(run["closed_loop_in_flight"], 2);
+    assert_eq!(run["target_rate"], 0.0);
+    // No schedule: nothing is ever due and unsent, and every write sent is answered.
+    assert_eq!(count(&run["writes_not_sent"]), 0);
+    assert_eq!(count(&run["writes_unanswered"]), 0);
+    let sent = count(&run["writes_sent"]);
+    assert_eq!(count(&run["writes_acked"]), sent);
+    assert_eq!(count(&run["store"]["acked"]), sent);
+    // Unpaced, 8 writes in flight make far more than one round trip per connection and
+    // second; the latencies are measured from sending, so they stay far below the run.
+    assert!(run["achieved_rate"].as_f64().unwrap() > 100.0, "{run:#}");
+    let acks = count(&run["ack_latency"]["count"]);
+    assert!(acks > 0 && acks < sent, "{acks} of {sent}");
+    assert!(run["ack_latency"]["max_ms"].as_f64().unwrap() < 1000.0, "{run:#}");
 }
 
 #[test]

@@ -60,6 +60,12 @@ pub struct BenchArgs {
     /// Instructions (writes) per second over all connections, paced open-loop.
     #[arg(long)]
     rate: Option<f64>,
+    /// No schedule: each connection sends whenever fewer than --max-in-flight of its writes
+    /// are unanswered, so the achieved rate is the server's throughput at
+    /// connections x max-in-flight writes in flight, as a closed-loop ceiling is measured;
+    /// --rate does not apply.
+    #[arg(long, conflicts_with_all = ["rate", "find_max", "scenario"])]
+    closed_loop: bool,
     /// Bytes of content per write (at least 27: the bench's header).
     #[arg(long)]
     size: Option<usize>,
@@ -97,8 +103,9 @@ pub struct BenchArgs {
     #[arg(long, default_value_t = 64)]
     connect_concurrency: usize,
     /// Unanswered writes per connection; later ones wait (their latency counts the wait).
-    #[arg(long, default_value_t = 10_000)]
-    max_in_flight: usize,
+    /// Default 10,000; 1 with --closed-loop.
+    #[arg(long)]
+    max_in_flight: Option<usize>,
     /// Search the highest rate meeting --goal-ack-p99-ms, starting at --rate: double until a
     /// step fails, then bisect.
     #[arg(long)]
@@ -463,6 +470,7 @@ fn plan(args: &BenchArgs, s: &Settings, url: &str, rate: f64, step: usize) -> Pl
         files: s.files,
         watchers_per_file: s.watchers_per_file,
         rate,
+        closed_loop: args.closed_loop,
         size: s.size,
         op: s.op,
         warmup: Duration::from_secs_f64(s.warmup_secs),
@@ -470,7 +478,7 @@ fn plan(args: &BenchArgs, s: &Settings, url: &str, rate: f64, step: usize) -> Pl
         drain_timeout: args.drain_timeout,
         connect_timeout: args.connect_timeout,
         connect_concurrency: args.connect_concurrency,
-        max_in_flight: args.max_in_flight,
+        max_in_flight: args.max_in_flight.unwrap_or(if args.closed_loop { 1 } else { 10_000 }),
         prefix: unique_prefix(&args.prefix, step),
         one_directory: args.one_directory,
     }
@@ -683,13 +691,20 @@ fn table(report: &BenchReport) -> String {
         for (reason, n) in c.failure_reasons.iter().chain(&c.lost_reasons) {
             let _ = writeln!(out, "  {n} x {reason}");
         }
-        let _ = writeln!(
-            out,
-            "throughput    {:.0}/s acknowledged of {:.0}/s target ({:.1}%)",
-            run.achieved_rate,
-            run.target_rate,
-            100.0 * run.achieved_rate / run.target_rate
-        );
+        let _ = match run.closed_loop_in_flight {
+            Some(n) => writeln!(
+                out,
+                "throughput    {:.0}/s acknowledged, closed loop ({} writes in flight per connection)",
+                run.achieved_rate, n
+            ),
+            None => writeln!(
+                out,
+                "throughput    {:.0}/s acknowledged of {:.0}/s target ({:.1}%)",
+                run.achieved_rate,
+                run.target_rate,
+                100.0 * run.achieved_rate / run.target_rate
+            ),
+        };
         let _ = writeln!(
             out,
             "writes        {} sent, {} acknowledged, {} unanswered ({} answered after the drain deadline), {} not sent",

@@ -6,6 +6,12 @@
 //! measured from that due time, so that a stalled server cannot hide its stall by slowing the
 //! generator down (coordinated omission). Each write's content carries its number and due time
 //! (`verify::content`), which is how a watcher knows when the change it received was due.
+//!
+//! Closed loop (`Plan::closed_loop`): no schedule; a connection sends its next write whenever
+//! fewer than `max_in_flight` of its writes are unanswered, until the end. The achieved rate is
+//! then the server's throughput at that many writes in flight, the figure a closed-loop
+//! ceiling (such as the raw broker's) is measured as, and a write's latency runs from its
+//! sending.
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::future::Future;
@@ -46,8 +52,10 @@ pub struct Plan {
     pub connections: usize,
     pub files: usize,
     pub watchers_per_file: usize,
-    /// Writes per second over all connections.
+    /// Writes per second over all connections (open loop; ignored when `closed_loop`).
     pub rate: f64,
+    /// Send whenever fewer than `max_in_flight` writes are unanswered instead of on a schedule.
+    pub closed_loop: bool,
     pub size: usize,
     pub op: WriteOp,
     pub warmup: Duration,
@@ -141,7 +149,10 @@ pub struct ConnectionCounts {
 /// What one run measured and verified.
 #[derive(Debug, Clone, Default, Serialize)]
 pub struct LoadReport {
+    /// The open loop's rate (zero in a closed loop, which has none).
     pub target_rate: f64,
+    /// Writes each connection kept in flight, when the run was a closed loop.
+    pub closed_loop_in_flight: Option<usize>,
     /// Writes acknowledged `ok` during the measured window, per second.
     pub achieved_rate: f64,
     pub measured_secs: f64,
@@ -371,7 +382,11 @@ where
 
 /// Runs `plan` and verifies it.
 pub async fn run(plan: Plan) -> anyhow::Result<LoadReport> {
-    let mut report = LoadReport { target_rate: plan.rate, ..LoadReport::default() };
+    let mut report = LoadReport {
+        target_rate: if plan.closed_loop { 0.0 } else { plan.rate },
+        closed_loop_in_flight: plan.closed_loop.then_some(plan.max_in_flight),
+        ..LoadReport::default()
+    };
     report.connections.requested = plan.connections;
     let reader = Client::connect(plan.url_for(0), plan.token.as_deref())
         .await
@@ -656,11 +671,17 @@ async fn drive(
     let mut fanout_samples = Samples::new(&run.fanout, index);
     let mut lag_samples = Samples::new(&run.lag, index);
     let mut in_flight = Outstanding::default();
-    // Write j of this connection is write k = (j / m) * files + written[j % m] of the run.
+    // Write j of this connection is write k = (j / m) * files + written[j % m] of the run. In
+    // a closed loop it may go as soon as the run starts; its due time becomes its sending time.
     let due = |j: u64| -> (u64, Instant) {
         let m = written.len() as u64;
         let k = (j / m) * plan.files as u64 + written[(j % m) as usize] as u64;
-        (k, run.t0 + Duration::from_secs_f64(k as f64 / plan.rate))
+        let at = if plan.closed_loop {
+            run.t0
+        } else {
+            run.t0 + Duration::from_secs_f64(k as f64 / plan.rate)
+        };
+        (k, at)
     };
     let mut next_write = 0u64;
     let mut next_due = (!written.is_empty()).then(|| due(0)).filter(|(_, at)| *at < run.end);
@@ -673,6 +694,9 @@ async fn drive(
 
     loop {
         let now = Instant::now();
+        if plan.closed_loop && now >= run.end {
+            next_due = None;
+        }
         let closed = outcome.lost.is_some();
         if !writes_reported
             && (closed || now >= drain_deadline || (next_due.is_none() && in_flight.is_empty()))
@@ -680,6 +704,10 @@ async fn drive(
             for write in in_flight.abandon() {
                 uncertain[write.slot] += 1;
                 outcome.unanswered += 1;
+            }
+            // A closed loop has no write due that was not sent.
+            if plan.closed_loop {
+                next_due = None;
             }
             // Bounded: due times grow with every write, and stop at the end.
             while next_due.is_some() {
@@ -790,10 +818,11 @@ async fn drive(
             }
             _ = tokio::time::sleep_until(send_at.unwrap_or(wake_at).into()), if send_at.is_some() => {
                 let now = Instant::now();
-                while let Some((k, at)) = next_due.filter(|(_, at)| *at <= now) {
-                    if in_flight.len() >= plan.max_in_flight {
+                while let Some((k, due_at)) = next_due.filter(|(_, at)| *at <= now) {
+                    if in_flight.len() >= plan.max_in_flight || (plan.closed_loop && now >= run.end) {
                         break;
                     }
+                    let at = if plan.closed_loop { now } else { due_at };
                     let slot = (next_write % written.len() as u64) as usize;
                     let id = (1u64 << 40) + next_write;
                     let text = verify::content(k, micros(at, run.t0), plan.size);
@@ -868,6 +897,7 @@ mod tests {
             files,
             watchers_per_file,
             rate: 1.0,
+            closed_loop: false,
             size: 64,
             op: WriteOp::Put,
             warmup: Duration::ZERO,
