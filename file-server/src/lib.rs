@@ -30,4 +30,4 @@ pub use path::{FilePath, PathError};
 pub use read_only::{open_read_only, ReadOnlyStore};
 pub use record::{FileMeta, Record};
 pub use store::{InitOptions, Store, StoreOptions, WriteGroup};
-pub use wal::WalSync;
+pub use wal::{GroupSync, WalSync};

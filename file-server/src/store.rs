@@ -24,7 +24,7 @@ use crate::partition_store::{
 use crate::path::FilePath;
 use crate::record::{FileMeta, Record};
 use crate::tree::{CompactStats, TreeFile};
-use crate::wal::{WalSync, DEFAULT_PREALLOCATE_BYTES, DEFAULT_SEGMENT_BYTES};
+use crate::wal::{GroupSync, WalSync, DEFAULT_PREALLOCATE_BYTES, DEFAULT_SEGMENT_BYTES};
 
 /// The manifest's file name in the data directory.
 pub const MANIFEST_FILE: &str = "ferry-store.json";
@@ -440,6 +440,11 @@ fn write_manifest(dir: &Path, layout: InitOptions) -> Result<()> {
 /// submitted to a joined partition, by any caller, until the group is dropped. None of them is
 /// acknowledged ([`PendingWrite::wait`]) before the group is dropped, so drop it before
 /// waiting.
+///
+/// The first partition joined is synced by its first waiter: the caller, which is expected to
+/// wait for its changes in the order it made them, leads that sync itself instead of waiting
+/// for a syncer thread to wake, sync and wake it. The partitions joined after it are synced by
+/// their logs' syncer threads, so that they sync at the same time.
 #[must_use = "the group ends when dropped"]
 pub struct WriteGroup<'a> {
     store: &'a Store,
@@ -454,17 +459,25 @@ impl WriteGroup<'_> {
             return;
         }
         if let Some(p) = self.store.partitions[partition as usize].as_ref() {
-            p.begin_group();
+            p.begin_group(Self::sync_of(self.joined.len()));
             self.joined.push(partition);
+        }
+    }
+
+    fn sync_of(joined_before: usize) -> GroupSync {
+        if joined_before == 0 {
+            GroupSync::Caller
+        } else {
+            GroupSync::Syncer
         }
     }
 }
 
 impl Drop for WriteGroup<'_> {
     fn drop(&mut self) {
-        for &partition in &self.joined {
+        for (i, &partition) in self.joined.iter().enumerate() {
             if let Some(p) = self.store.partitions[partition as usize].as_ref() {
-                p.end_group();
+                p.end_group(Self::sync_of(i));
             }
         }
     }

@@ -15,6 +15,12 @@
 //! preparing records while earlier ones are being synced. Under the other policies, and for a
 //! waiter that finds records buffered and no write in progress, the waiter leads.
 //!
+//! An atomic group opened with [`GroupSync::Caller`] does not wake the syncer at all: its
+//! records cannot be acknowledged before the group ends, and the caller, about to wait for
+//! them, leads their sync itself. Handing that sync to the syncer thread and being woken back
+//! costs two context switches per sync, which on two cores measured a sixth of the server's
+//! CPU per write (`BENCHMARKS.md`).
+//!
 //! Recovery ([`WriteAheadLog::open`]) replays every record after the B+tree's checkpoint. The
 //! first record that is short, fails its CRC or breaks the LSN sequence ends the log: that is
 //! where a crash tore the tail, and the tail is cut there before anything new is written.
@@ -72,6 +78,19 @@ const OP_DELETE: u8 = 4;
 const OP_COMMIT: u8 = 5;
 /// Set in the op byte of a record that belongs to an atomic group a later record closes.
 const GROUPED: u8 = 0x80;
+
+/// Who syncs an atomic group's records (see the module documentation). Either way they are
+/// synced before anyone is told they are durable.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum GroupSync {
+    /// The log's syncer thread (under [`WalSync::Always`]), from the first record on: for a
+    /// group whose caller will not be the first to wait for it, e.g. one of several logs it
+    /// appends to and then waits for in turn.
+    Syncer,
+    /// Whoever waits first, once the group has ended: the caller is about to wait for this
+    /// log, and leads its sync without a hand-off to the syncer thread.
+    Caller,
+}
 
 /// When the log is synced to disk.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -594,6 +613,12 @@ struct State {
     synced_lsn: u64,
     /// Atomic groups begun and not yet ended; while any is open, appends are flagged grouped.
     open_groups: u32,
+    /// Of `open_groups`, those opened with [`GroupSync::Syncer`]: while there is one, every
+    /// append wakes the syncer.
+    syncer_groups: u32,
+    /// Records were appended for the syncer to sync, and no leader has taken them yet. The
+    /// syncer leads only then: records of a [`GroupSync::Caller`] group are its caller's.
+    sync_asked: bool,
     /// The last appended record that leaves no group open (every LSN up to it is closed).
     closed_lsn: u64,
     /// `closed_lsn` as of the last write, and as of the last sync: what a waiter may be told.
@@ -735,6 +760,8 @@ impl WriteAheadLog {
                 written_lsn: next_lsn - 1,
                 synced_lsn: next_lsn - 1,
                 open_groups: 0,
+                syncer_groups: 0,
+                sync_asked: false,
                 closed_lsn: next_lsn - 1,
                 written_closed_lsn: next_lsn - 1,
                 synced_closed_lsn: next_lsn - 1,
@@ -781,25 +808,33 @@ impl WriteAheadLog {
         if !grouped {
             st.closed_lsn = lsn;
         }
-        drop(st);
-        self.shared.announce_append();
+        if !grouped || st.syncer_groups > 0 {
+            self.shared.ask_syncer(st);
+        }
         Ok(lsn)
     }
 
     /// Opens an atomic group: every record appended until the matching
     /// [`WriteAheadLog::end_group`] (by any thread) survives a crash only together with the
     /// others. Groups nest: the log is closed when the last open one ends.
-    pub fn begin_group(&self) {
-        self.shared.state.lock().open_groups += 1;
+    pub fn begin_group(&self, sync: GroupSync) {
+        let mut st = self.shared.state.lock();
+        st.open_groups += 1;
+        if sync == GroupSync::Syncer {
+            st.syncer_groups += 1;
+        }
     }
 
     /// Ends a group opened by [`WriteAheadLog::begin_group`]. If it was the last open one and
     /// records were appended in it, a commit record closes them. Waiters for those records are
-    /// released once the commit record is durable.
-    pub fn end_group(&self) {
+    /// released once the commit record is durable. `sync` is the one the group began with.
+    pub fn end_group(&self, sync: GroupSync) {
         let mut st = self.shared.state.lock();
         debug_assert!(st.open_groups > 0, "end_group without begin_group");
         st.open_groups = st.open_groups.saturating_sub(1);
+        if sync == GroupSync::Syncer {
+            st.syncer_groups = st.syncer_groups.saturating_sub(1);
+        }
         if st.open_groups > 0 || st.closed_lsn == st.next_lsn - 1 {
             return;
         }
@@ -807,10 +842,14 @@ impl WriteAheadLog {
         encode_commit(&mut st.buf, lsn);
         st.next_lsn += 1;
         st.closed_lsn = lsn;
-        drop(st);
-        // Waiters with nothing to write sleep on `cond` until the group is closed.
+        if sync == GroupSync::Syncer {
+            self.shared.ask_syncer(st);
+        } else {
+            drop(st);
+        }
+        // Waiters with nothing to write sleep on `cond` until the group is closed; the first
+        // of them to find no write in progress leads it.
         self.shared.cond.notify_all();
-        self.shared.announce_append();
     }
 
     /// Whether an atomic group is open (a checkpoint must not split one).
@@ -930,8 +969,9 @@ impl Drop for WriteAheadLog {
     }
 }
 
-/// The `Always` syncer: leads a write and `fdatasync` of everything buffered as soon as there
-/// is something, so that syncing overlaps the appender's work and other logs' syncs. It stops
+/// The `Always` syncer: leads a write and `fdatasync` of everything buffered as soon as it is
+/// asked to (see [`GroupSync`]), so that syncing overlaps the appender's work and other logs'
+/// syncs. It stops
 /// when told to or once the log has failed (nothing can be made durable any more).
 fn spawn_eager_syncer(shared: Arc<Shared>) -> Result<Syncer> {
     let handle = std::thread::Builder::new()
@@ -939,7 +979,7 @@ fn spawn_eager_syncer(shared: Arc<Shared>) -> Result<Syncer> {
         .spawn(move || {
             let mut st = shared.state.lock();
             while !st.stop_syncer && st.failed.is_none() {
-                if !st.leader && st.next_lsn - 1 > st.written_lsn {
+                if !st.leader && st.sync_asked && st.next_lsn - 1 > st.written_lsn {
                     shared.lead(&mut st, true);
                 } else {
                     shared.appended.wait(&mut st);
@@ -993,9 +1033,12 @@ impl State {
 }
 
 impl Shared {
-    fn announce_append(&self) {
+    /// Asks the `Always` syncer to sync what is buffered (and releases the state lock).
+    fn ask_syncer(&self, mut st: MutexGuard<'_, State>) {
         if self.sync == WalSync::Always {
-            // Cheap when the syncer is busy: it takes this record in its next round anyway.
+            st.sync_asked = true;
+            drop(st);
+            // Cheap when the syncer is busy: it takes these records in its next round anyway.
             self.appended.notify_one();
         }
     }
@@ -1030,6 +1073,8 @@ impl Shared {
     /// Writes (and maybe syncs) everything buffered, with the state lock released meanwhile.
     fn lead(&self, st: &mut MutexGuard<'_, State>, need_sync: bool) {
         st.leader = true;
+        // Whoever leads takes the whole buffer, asked for or not.
+        st.sync_asked = false;
         let spare = std::mem::take(&mut st.spare);
         let mut batch = std::mem::replace(&mut st.buf, spare);
         let first_lsn = st.buf_first_lsn;
@@ -1058,7 +1103,7 @@ impl Shared {
             }
         }
         self.cond.notify_all();
-        if self.sync == WalSync::Always {
+        if st.sync_asked {
             // Records appended while another leader wrote were announced to a busy syncer.
             self.appended.notify_one();
         }

@@ -10,7 +10,7 @@ use std::sync::Arc;
 
 use ferry_file_server::crash_sim::{CrashSimDir, FaultOp};
 use ferry_file_server::{
-    Change, FilePath, PartitionStore, PendingWrite, StoreError, StoreOptions, WalSync,
+    Change, FilePath, GroupSync, PartitionStore, PendingWrite, StoreError, StoreOptions, WalSync,
 };
 
 /// path -> (revision, content; `None` when deleted)
@@ -188,7 +188,7 @@ fn a_group_of_changes_survives_a_simulated_crash_whole_or_not_at_all() {
         let crash_inside_last = rng.below(2) == 0;
         for g in 0..groups {
             let size = 1 + rng.below(5);
-            store.begin_group();
+            store.begin_group(GroupSync::Syncer);
             let mut pending = Vec::new();
             for i in 0..size {
                 let (change, next) = random_change(&mut rng, states.last().unwrap());
@@ -200,7 +200,7 @@ fn a_group_of_changes_survives_a_simulated_crash_whole_or_not_at_all() {
                 *between_groups.last_mut().unwrap() = false;
                 break;
             }
-            store.end_group();
+            store.end_group(GroupSync::Syncer);
             if rng.below(2) == 0 {
                 for p in pending {
                     p.wait().unwrap();
@@ -214,7 +214,7 @@ fn a_group_of_changes_survives_a_simulated_crash_whole_or_not_at_all() {
         let crashed = dir.crash(seed);
         if crash_inside_last {
             // Only so that closing the pre-crash store below does not wait for it forever.
-            store.end_group();
+            store.end_group(GroupSync::Syncer);
         }
         drop(store);
 
@@ -237,7 +237,7 @@ fn a_group_of_changes_survives_a_simulated_crash_whole_or_not_at_all() {
 fn a_flush_waits_for_the_open_group() {
     let dir = CrashSimDir::new("/p000");
     let store = Arc::new(open(&dir));
-    store.begin_group();
+    store.begin_group(GroupSync::Syncer);
     let pending = store.submit(Change::put(FilePath::parse("/a/1").unwrap(), "x", "t")).unwrap();
     let (done_tx, done) = crossbeam_channel::bounded(1);
     let flusher = {
@@ -245,7 +245,7 @@ fn a_flush_waits_for_the_open_group() {
         std::thread::spawn(move || done_tx.send(store.flush().unwrap()).unwrap())
     };
     assert!(done.recv_timeout(std::time::Duration::from_millis(200)).is_err(), "flushed a group");
-    store.end_group();
+    store.end_group(GroupSync::Syncer);
     let stats = done.recv_timeout(std::time::Duration::from_secs(10)).expect("flushed after");
     // The group's change and its commit record are both below the checkpoint.
     assert!(stats.checkpoint_lsn > pending.lsn(), "{stats:?}");

@@ -9,7 +9,7 @@ use crossbeam_channel::{Receiver, Sender};
 use ferry_file_server::backend::{FsDir, OpenMode, StorageDir};
 use ferry_file_server::crash_sim::{CrashSimDir, FaultOp};
 use ferry_file_server::wal::{
-    segment_name, WalEntry, WalOp, WalOptions, WalRecovery, WalSync, WriteAheadLog,
+    segment_name, GroupSync, WalEntry, WalOp, WalOptions, WalRecovery, WalSync, WriteAheadLog,
 };
 use ferry_file_server::StoreError;
 
@@ -596,24 +596,27 @@ fn atomic_groups_survive_every_simulated_crash_whole_or_not_at_all() {
         let mut sizes = Vec::new();
         let mut acked_groups = 0;
         let mut rev = 0;
+        // Half the runs leave the syncs to the waiter instead of the syncer thread.
+        let sync = if (seed / 2) % 2 == 1 { GroupSync::Caller } else { GroupSync::Syncer };
         for g in 1..=groups {
             let size = 1 + (seed + g) % 4;
             sizes.push(size);
-            wal.begin_group();
+            wal.begin_group(sync);
             let mut last = 0;
             for _ in 0..size {
                 rev += 1;
                 last = wal.append(&put("/a", rev, &[g as u8; 150])).unwrap();
             }
             if g == groups && seed % 2 == 0 {
-                // The crash comes inside this group, once its records are durable: recovery
-                // must drop them, closing record missing.
-                while wal.synced_lsn() < last {
+                // The crash comes inside this group, once its records are durable (with the
+                // syncer; a caller's group is not synced before it ends): recovery must drop
+                // them, closing record missing.
+                while sync == GroupSync::Syncer && wal.synced_lsn() < last {
                     std::thread::yield_now();
                 }
                 break;
             }
-            wal.end_group();
+            wal.end_group(sync);
             if seed % 3 != 0 || g == groups {
                 wal.wait(last).unwrap();
                 acked_groups = g;
@@ -645,11 +648,32 @@ fn atomic_groups_survive_every_simulated_crash_whole_or_not_at_all() {
 }
 
 #[test]
+fn a_callers_group_is_synced_by_its_waiter_and_survives_a_crash_once_acknowledged() {
+    let dir = CrashSimDir::new("/p000");
+    let (wal, _, _) = open(&dir, 0, always());
+    let synced_before = wal.synced_lsn();
+    wal.begin_group(GroupSync::Caller);
+    wal.append(&put("/a", 1, b"one")).unwrap();
+    let last = wal.append(&put("/a", 2, b"two")).unwrap();
+    wal.end_group(GroupSync::Caller);
+    // Nothing woke the syncer thread: the records wait for their caller.
+    std::thread::sleep(Duration::from_millis(50));
+    assert_eq!(wal.synced_lsn(), synced_before, "the syncer synced a caller's group");
+    wal.wait(last).unwrap();
+    assert!(wal.synced_lsn() > last, "the commit record is synced with the group");
+    let crashed = dir.crash(7);
+    std::mem::forget(wal); // a crash runs no destructors
+    let (_, seen, _) = open(&crashed, 0, always());
+    let contents: Vec<&[u8]> = seen.iter().map(|r| r.data.as_slice()).collect();
+    assert_eq!(contents, [b"one".as_slice(), b"two"], "an acknowledged group is durable");
+}
+
+#[test]
 fn a_grouped_record_is_acknowledged_only_once_its_group_ends() {
     let dir = CrashSimDir::new("/p000");
     let (wal, _, _) = open(&dir, 0, always());
     let wal = Arc::new(wal);
-    wal.begin_group();
+    wal.begin_group(GroupSync::Syncer);
     let lsn = wal.append(&put("/a", 1, b"grouped")).unwrap();
     let (done_tx, done) = crossbeam_channel::bounded(1);
     let waiter = {
@@ -667,7 +691,7 @@ fn a_grouped_record_is_acknowledged_only_once_its_group_ends() {
         done.recv_timeout(Duration::from_millis(100)).is_err(),
         "acknowledged in an open group"
     );
-    wal.end_group();
+    wal.end_group(GroupSync::Syncer);
     done.recv_timeout(Duration::from_secs(10)).expect("acknowledged once the group ended");
     waiter.join().unwrap();
     // The commit record took the next LSN; it is no change, so recovery replays one record.

@@ -34,7 +34,7 @@ use crate::path::FilePath;
 use crate::record::{FileMeta, Record};
 use crate::store::StoreOptions;
 use crate::tree::{Snapshot, TreeFile};
-use crate::wal::{WalOptions, WalRecovery, WriteAheadLog};
+use crate::wal::{GroupSync, WalOptions, WalRecovery, WriteAheadLog};
 use change::{replay_entry, visible};
 use clean_cache::CleanCache;
 
@@ -265,13 +265,14 @@ impl PartitionStore {
     /// Opens an atomic group in this partition's log: the changes submitted until the
     /// matching [`PartitionStore::end_group`] survive a crash together or not at all, and none
     /// of them is acknowledged before the group ends. Prefer [`crate::store::WriteGroup`].
-    pub fn begin_group(&self) {
-        self.inner.wal.begin_group();
+    /// `sync` says who syncs the group's changes (see [`GroupSync`]).
+    pub fn begin_group(&self, sync: GroupSync) {
+        self.inner.wal.begin_group(sync);
     }
 
-    /// Ends a group opened by [`PartitionStore::begin_group`].
-    pub fn end_group(&self) {
-        self.inner.wal.end_group();
+    /// Ends a group opened by [`PartitionStore::begin_group`] with the same `sync`.
+    pub fn end_group(&self, sync: GroupSync) {
+        self.inner.wal.end_group(sync);
     }
 
     /// Lets the files under `prefix` go (a client's working set when it left): the flusher
