@@ -40,6 +40,10 @@ pub struct StoreConfig {
     pub wal_sync: WalSyncPolicy,
     /// With `wal_sync = "interval"`: the fsync period. Default 1,000 ms.
     pub wal_sync_interval_ms: u64,
+    /// With `wal_sync = "always"`: a batch over several partitions fsyncs their logs at once on
+    /// a thread per log (true) or one after another on the worker thread (false). Default
+    /// false: at once pays only where one fsync takes milliseconds.
+    pub wal_parallel_syncs: bool,
 }
 
 impl Default for StoreConfig {
@@ -54,6 +58,7 @@ impl Default for StoreConfig {
             flush_max_dirty: 10_000,
             wal_sync: WalSyncPolicy::Always,
             wal_sync_interval_ms: 1_000,
+            wal_parallel_syncs: false,
         }
     }
 }

@@ -150,6 +150,49 @@ fn partitions_not_opened_here_are_refused() {
 }
 
 #[test]
+fn a_group_over_several_partitions_is_acknowledged_whoever_syncs_the_other_logs() {
+    for parallel in [false, true] {
+        let tmp = tempfile::tempdir().unwrap();
+        init(tmp.path());
+        let options = StoreOptions { wal_parallel_syncs: parallel, ..fast() };
+        let store = std::sync::Arc::new(Store::open(tmp.path(), options).unwrap());
+        let paths: Vec<FilePath> = (0..8).map(|i| p(&format!("/g{i}/f"))).collect();
+        let touched: std::collections::BTreeSet<u32> =
+            paths.iter().map(|path| store.partition_of(path)).collect();
+        assert!(touched.len() >= 3, "the group spans partitions: {touched:?}");
+        let (done_tx, done) = crossbeam_channel::bounded(1);
+        let writer = {
+            let store = store.clone();
+            std::thread::spawn(move || {
+                let mut group = store.group();
+                let pending: Vec<_> = paths
+                    .iter()
+                    .map(|path| {
+                        group.join(path);
+                        store.submit(Change::put(path.clone(), "grouped", "w")).unwrap()
+                    })
+                    .collect();
+                drop(group);
+                for w in pending {
+                    w.wait().unwrap();
+                }
+                done_tx.send(()).unwrap();
+            })
+        };
+        done.recv_timeout(std::time::Duration::from_secs(10))
+            .unwrap_or_else(|_| panic!("parallel {parallel}: the group was never acknowledged"));
+        writer.join().unwrap();
+        std::sync::Arc::try_unwrap(store).ok().unwrap().close().unwrap();
+        let store = Store::open(tmp.path(), options).unwrap();
+        for i in 0..8 {
+            let record = store.get(&p(&format!("/g{i}/f"))).unwrap().expect("kept");
+            assert_eq!(record.content.clone().unwrap(), "grouped");
+        }
+        store.close().unwrap();
+    }
+}
+
+#[test]
 fn every_sync_policy_keeps_data_across_a_clean_close() {
     for sync in [WalSync::Always, WalSync::Interval(10), WalSync::Os] {
         let tmp = tempfile::tempdir().unwrap();

@@ -18,6 +18,7 @@ pub fn store_options(c: &StoreConfig) -> StoreOptions {
             WalSyncPolicy::Interval => WalSync::Interval(c.wal_sync_interval_ms),
             WalSyncPolicy::Os => WalSync::Os,
         },
+        wal_parallel_syncs: c.wal_parallel_syncs,
         ..StoreOptions::default()
     }
 }
