@@ -971,8 +971,8 @@ impl Drop for WriteAheadLog {
 
 /// The `Always` syncer: leads a write and `fdatasync` of everything buffered as soon as it is
 /// asked to (see [`GroupSync`]), so that syncing overlaps the appender's work and other logs'
-/// syncs. It stops
-/// when told to or once the log has failed (nothing can be made durable any more).
+/// syncs. It stops when told to or once the log has failed (nothing can be made durable any
+/// more).
 fn spawn_eager_syncer(shared: Arc<Shared>) -> Result<Syncer> {
     let handle = std::thread::Builder::new()
         .name("ferry-wal-sync".into())
