@@ -694,20 +694,18 @@ async fn drive(
 
     loop {
         let now = Instant::now();
-        if plan.closed_loop && now >= run.end {
+        let closed = outcome.lost.is_some();
+        // A closed loop has no schedule: once it ends, or its connection is lost, no write is
+        // due (none counts as not sent).
+        if plan.closed_loop && (closed || now >= run.end) {
             next_due = None;
         }
-        let closed = outcome.lost.is_some();
         if !writes_reported
             && (closed || now >= drain_deadline || (next_due.is_none() && in_flight.is_empty()))
         {
             for write in in_flight.abandon() {
                 uncertain[write.slot] += 1;
                 outcome.unanswered += 1;
-            }
-            // A closed loop has no write due that was not sent.
-            if plan.closed_loop {
-                next_due = None;
             }
             // Bounded: due times grow with every write, and stop at the end.
             while next_due.is_some() {
