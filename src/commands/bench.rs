@@ -8,6 +8,7 @@
 
 mod load;
 mod server;
+mod timeline;
 mod verify;
 
 use std::collections::BTreeMap;
@@ -135,6 +136,10 @@ pub struct BenchArgs {
     /// Print the report as JSON instead of a table.
     #[arg(long)]
     json: bool,
+    /// Also print acknowledgements second by second (count, mean, how many over 10 ms, max),
+    /// by the second each write was due; the JSON report always has them.
+    #[arg(long)]
+    timeline: bool,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum, Serialize)]
@@ -451,7 +456,7 @@ pub fn run(config: &FerryConfig, args: &BenchArgs) -> anyhow::Result<ExitCode> {
     if args.json {
         println!("{}", serde_json::to_string_pretty(&report)?);
     } else {
-        print!("{}", table(&report));
+        print!("{}", table(&report, args.timeline));
     }
     Ok(if !report.verified {
         ExitCode::from(1)
@@ -620,7 +625,7 @@ async fn measure_memory(
     })
 }
 
-fn table(report: &BenchReport) -> String {
+fn table(report: &BenchReport, timeline: bool) -> String {
     use std::fmt::Write;
     let mut out = String::new();
     let s = &report.settings;
@@ -731,6 +736,20 @@ fn table(report: &BenchReport) -> String {
                 "  {name:<12} {:>10} {:>8.2} {:>8.2} {:>8.2} {:>8.2}",
                 l.count, l.p50_ms, l.p99_ms, l.p999_ms, l.max_ms
             );
+        }
+        if timeline {
+            let _ = writeln!(
+                out,
+                "second     acked  mean ms  over {} ms   max ms",
+                timeline::SLOW_ACK_US / 1000
+            );
+            for s in &run.timeline {
+                let _ = writeln!(
+                    out,
+                    "  {:>4} {:>9} {:>8.2} {:>10} {:>8.2}",
+                    s.second, s.acked, s.mean_ms, s.slow, s.max_ms
+                );
+            }
         }
         let _ = writeln!(
             out,

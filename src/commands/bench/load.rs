@@ -29,6 +29,7 @@ use tokio::sync::{mpsc, watch};
 
 use ferry_ingress::client::{Client, ClientError, Event};
 
+use super::timeline::{LoadSecond, Timeline};
 use super::verify::{self, Acked, FileCheck, ReadBack, RevisionSequence, StreamCheck, WriteOp};
 
 /// Largest latency recorded (longer ones are recorded as this).
@@ -171,6 +172,8 @@ pub struct LoadReport {
     pub fanout_latency: Latency,
     /// How late the generator sent writes after their due time (its own overload).
     pub send_lag: Latency,
+    /// Acknowledgements second by second, warm-up included.
+    pub timeline: Vec<LoadSecond>,
     pub events_received: u64,
     /// Change events received during the measured window, per second.
     pub delivered_events_per_sec: f64,
@@ -285,6 +288,7 @@ struct Run {
     ack: Recorder,
     fanout: Recorder,
     lag: Recorder,
+    timeline: Timeline,
 }
 
 impl Run {
@@ -427,10 +431,11 @@ pub async fn run(plan: Plan) -> anyhow::Result<LoadReport> {
         t0,
         measure_from: t0 + plan.warmup,
         end: t0 + plan.warmup + plan.duration,
-        plan,
         ack: Recorder::new(),
         fanout: Recorder::new(),
         lag: Recorder::new(),
+        timeline: Timeline::new((plan.warmup + plan.duration).as_secs() as usize + 1),
+        plan,
     });
     let (done_tx, mut done_rx) = mpsc::unbounded_channel();
     let (finals_tx, finals_rx) = watch::channel(None);
@@ -509,6 +514,7 @@ pub async fn run(plan: Plan) -> anyhow::Result<LoadReport> {
     report.ack_latency = Latency::of(&run.ack.merged());
     report.fanout_latency = Latency::of(&run.fanout.merged());
     report.send_lag = Latency::of(&run.lag.merged());
+    report.timeline = run.timeline.seconds();
     report.collect_failures();
     Ok(report)
 }
@@ -789,6 +795,7 @@ async fn drive(
                             (Some(true), Some(rev)) => {
                                 let ts_us = micros(write.due, run.t0);
                                 acked[write.slot].push(Acked { rev, seq: write.seq, ts_us });
+                                run.timeline.record(ts_us, micros(now, write.due));
                                 outcome.acked += 1;
                                 if run.in_window(now) {
                                     outcome.acked_in_window += 1;
