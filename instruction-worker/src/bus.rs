@@ -1,9 +1,17 @@
 //! `LocalBus`: the in-process [`ChangeBus`]. Subscriptions by topic, delivery on the
 //! publisher's thread, and a bounded per-file history for `since_rev` recovery.
+//!
+//! The histories are found through a plain map; moka only decides which files keep theirs
+//! (by bytes, least recently used first) and its eviction listener takes a file out of the
+//! map. A visit to moka costs a publish more than the rest of its history work together (a
+//! sixth of `ferry serve`'s CPU was moka's `get_with` and housekeeping at 15,000 writes/s),
+//! so moka hears of a file when it gets a history or its weight moved, and of one publish in
+//! [`POLICY_SAMPLE`] per thread otherwise, which keeps its recency order close enough.
 
+use std::cell::Cell;
 use std::collections::{HashMap, VecDeque};
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Weak};
 
 use ferry_protocol::{ChangeBus, ChangeEvent, EventSink, History, SubscriptionId, Topic};
 use parking_lot::{Mutex, RwLock};
@@ -35,6 +43,18 @@ impl Default for LocalBusOptions {
 /// What a file's history weighs beyond its events.
 const FILE_OVERHEAD: usize = 256;
 
+/// One publish in this many (per thread) to a file that already has a history is also shown
+/// to the eviction policy.
+pub const POLICY_SAMPLE: u32 = 64;
+
+thread_local! {
+    static PUBLISHES: Cell<u32> = const { Cell::new(0) };
+}
+
+type Hasher = foldhash::fast::RandomState;
+type SharedHistory = Arc<Mutex<FileHistory>>;
+type Histories = HashMap<Arc<str>, SharedHistory, Hasher>;
+
 type Sinks = Vec<(SubscriptionId, Arc<dyn EventSink>)>;
 
 #[derive(Default)]
@@ -57,7 +77,10 @@ pub struct LocalBus {
     options: LocalBusOptions,
     subscriptions: RwLock<Subscriptions>,
     next_id: AtomicU64,
-    history: moka::sync::Cache<Arc<str>, Arc<Mutex<FileHistory>>>,
+    /// Every file that has a history. Never holds a file the policy does not.
+    histories: Arc<RwLock<Histories>>,
+    /// Which files keep their history (see the module documentation).
+    policy: moka::sync::Cache<Arc<str>, SharedHistory, Hasher>,
 }
 
 fn event_bytes(event: &ChangeEvent) -> usize {
@@ -72,18 +95,34 @@ fn event_bytes(event: &ChangeEvent) -> usize {
 
 impl LocalBus {
     pub fn new(options: LocalBusOptions) -> LocalBus {
+        let histories = Arc::new(RwLock::new(Histories::default()));
+        let evicted: Weak<RwLock<Histories>> = Arc::downgrade(&histories);
+        let policy = moka::sync::Cache::builder()
+            .max_capacity(options.history_bytes_total)
+            .eviction_policy(moka::policy::EvictionPolicy::lru())
+            .weigher(|path: &Arc<str>, file: &SharedHistory| {
+                let bytes = path.len() + FILE_OVERHEAD + file.lock().bytes;
+                u32::try_from(bytes).unwrap_or(u32::MAX)
+            })
+            .eviction_listener(move |path: Arc<Arc<str>>, file: SharedHistory, cause| {
+                // Re-weighing inserts the same history again: that replaces nothing.
+                if cause == moka::notification::RemovalCause::Replaced {
+                    return;
+                }
+                if let Some(histories) = evicted.upgrade() {
+                    let mut histories = histories.write();
+                    if histories.get(&**path).is_some_and(|held| Arc::ptr_eq(held, &file)) {
+                        histories.remove(&**path);
+                    }
+                }
+            })
+            .build_with_hasher(Hasher::default());
         LocalBus {
             options,
             subscriptions: RwLock::new(Subscriptions::default()),
             next_id: AtomicU64::new(1),
-            history: moka::sync::Cache::builder()
-                .max_capacity(options.history_bytes_total)
-                .eviction_policy(moka::policy::EvictionPolicy::lru())
-                .weigher(|path: &Arc<str>, file: &Arc<Mutex<FileHistory>>| {
-                    let bytes = path.len() + FILE_OVERHEAD + file.lock().bytes;
-                    u32::try_from(bytes).unwrap_or(u32::MAX)
-                })
-                .build(),
+            histories,
+            policy,
         }
     }
 
@@ -95,12 +134,23 @@ impl LocalBus {
     /// Files that have a history now, and the bytes it weighs (bounded by
     /// `history_bytes_total`).
     pub fn history_size(&self) -> (u64, u64) {
-        self.history.run_pending_tasks();
-        (self.history.entry_count(), self.history.weighted_size())
+        self.policy.run_pending_tasks();
+        (self.histories.read().len() as u64, self.policy.weighted_size())
+    }
+
+    fn history_of(&self, path: &str) -> Option<SharedHistory> {
+        self.histories.read().get(path).cloned()
     }
 
     fn record(&self, event: &Arc<ChangeEvent>) {
-        let entry = self.history.get_with(event.path.clone(), Default::default);
+        let (entry, created) = match self.history_of(&event.path) {
+            Some(entry) => (entry, false),
+            None => {
+                let entry = SharedHistory::default();
+                self.histories.write().insert(event.path.clone(), entry.clone());
+                (entry, true)
+            }
+        };
         let reweigh = {
             let mut file = entry.lock();
             if file.events.back().is_some_and(|last| last.rev >= event.rev) {
@@ -126,8 +176,10 @@ impl LocalBus {
             }
             reweigh
         };
-        if reweigh {
-            self.history.insert(event.path.clone(), entry);
+        if created || reweigh {
+            self.policy.insert(event.path.clone(), entry);
+        } else if sampled() {
+            self.policy.get(&event.path);
         }
     }
 
@@ -147,6 +199,14 @@ impl LocalBus {
         }
         out
     }
+}
+
+fn sampled() -> bool {
+    PUBLISHES.with(|count| {
+        let n = count.get().wrapping_add(1);
+        count.set(n);
+        n % POLICY_SAMPLE == 0
+    })
 }
 
 impl ChangeBus for LocalBus {
@@ -187,7 +247,7 @@ impl ChangeBus for LocalBus {
     }
 
     fn history(&self, path: &str, since_rev: u64) -> History {
-        let Some(file) = self.history.get(path) else {
+        let Some(file) = self.history_of(path) else {
             return History::Gap { current_rev: None };
         };
         let file = file.lock();

@@ -110,4 +110,20 @@ fn history_is_bounded_in_bytes_per_file_and_in_total() {
     assert!(bytes <= 256 << 10, "{files} files weigh {bytes} bytes");
     assert!(files >= 2, "recent files keep their history: {files}");
     assert_eq!(revs(bus.history("/many/63", 49)), [50]);
+
+    // 1,000 files of one 1,000-byte event each: only about 200 fit. The others' histories
+    // must be gone from memory, not only from the policy's count.
+    let bus = LocalBus::new(LocalBusOptions {
+        history_bytes_total: 256 << 10,
+        ..LocalBusOptions::default()
+    });
+    for f in 0..1_000 {
+        bus.publish(event(&format!("/one/{f}"), 1, 1000));
+    }
+    let (files, bytes) = bus.history_size();
+    assert!(files * 1_000 <= bytes && bytes <= 256 << 10, "{files} files held, {bytes} bytes");
+    assert!(files >= 100, "{files} files held, {bytes} bytes");
+    let held = (0..1_000)
+        .filter(|f| bus.history(&format!("/one/{f}"), 0) != History::Gap { current_rev: None });
+    assert_eq!(held.count() as u64, files);
 }
