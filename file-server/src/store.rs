@@ -52,7 +52,9 @@ pub struct StoreOptions {
     /// Largest content a file may have, in bytes (default 16 MiB).
     pub max_file_size: u64,
     /// Bytes of clean files cached in memory, split evenly over the open partitions
-    /// (default 256 MiB; 0 turns the cache off).
+    /// (default 256 MiB; 0 turns the cache off). A file that grew or shrank in the cache by
+    /// less than a quarter keeps its earlier weight, so the cache may exceed this by up to a
+    /// third.
     pub cache_bytes: u64,
     /// The flusher commits dirty files to the B+tree this often (default 100 ms).
     pub flush_interval_ms: u64,

@@ -1,6 +1,6 @@
 //! The table that answers clean-cache hits: shards of open-addressing tables whose 64-byte
-//! slots hold the path's hash and, for paths of up to [`INLINE_PATH`] bytes, the path itself
-//! beside the record pointer.
+//! slots hold half the path's hash, the weight moka last saw for the path and, for paths of
+//! up to [`INLINE_PATH`] bytes, the path itself beside the record pointer.
 //!
 //! Why not a general concurrent map: with the key in its own allocation a hit follows the
 //! table's slot to the key's string and then to the record, and past the CPU caches each of
@@ -37,16 +37,20 @@ pub(super) struct HitTable {
 struct Shard(RwLock<HashTable<Slot>>);
 
 struct Slot {
-    hash: u64,
+    /// The low half of the path's hash: a mismatch spares the byte comparison. (A table that
+    /// grows hashes its keys again, which is rare enough to leave the other half's room to
+    /// `weight`.)
+    check: u32,
+    /// The weight the eviction policy was last told for this path.
+    weight: u32,
     record: Arc<Record>,
     key: SlotKey,
 }
 
 impl Slot {
-    /// Whether this slot is the path with these bytes and hash (the hash first: it is in the
-    /// slot, and a mismatch spares the byte comparison).
+    /// Whether this slot is the path with these bytes and hash.
     fn holds(&self, hash: u64, path: &[u8]) -> bool {
-        self.hash == hash && self.key.bytes() == path
+        self.check == hash as u32 && self.key.bytes() == path
     }
 }
 
@@ -98,27 +102,44 @@ impl HitTable {
         table.find(hash, |s| s.holds(hash, wanted)).map(|s| s.record.clone())
     }
 
-    pub(super) fn insert(&self, path: &FilePath, record: Arc<Record>) {
+    /// Holds `record` as `path`'s version, which weighs `weight`. A path already held keeps
+    /// the weight recorded for it as long as `still_close(recorded)`. Returns whether `weight`
+    /// was recorded (a new path, or a weight that moved): the policy must then hear of it.
+    pub(super) fn insert(
+        &self,
+        path: &FilePath,
+        record: Arc<Record>,
+        weight: u32,
+        still_close: impl FnOnce(u32) -> bool,
+    ) -> bool {
         let wanted = path.as_str().as_bytes();
         let (hash, shard) = self.locate(wanted);
         let mut table = shard.write();
-        match table.entry(hash, |s| s.holds(hash, wanted), |s| s.hash) {
-            hashbrown::hash_table::Entry::Occupied(mut slot) => slot.get_mut().record = record,
+        let rehash = |s: &Slot| self.hasher.hash_one(s.key.bytes());
+        match table.entry(hash, |s| s.holds(hash, wanted), rehash) {
+            hashbrown::hash_table::Entry::Occupied(mut slot) => {
+                let slot = slot.get_mut();
+                slot.record = record;
+                let moved = !still_close(slot.weight);
+                if moved {
+                    slot.weight = weight;
+                }
+                moved
+            }
             hashbrown::hash_table::Entry::Vacant(vacant) => {
-                vacant.insert(Slot { hash, record, key: SlotKey::new(path) });
+                let key = SlotKey::new(path);
+                vacant.insert(Slot { check: hash as u32, weight, record, key });
+                true
             }
         }
     }
 
-    /// Removes `path` only if the table still holds that very version of it.
-    pub(super) fn remove_if_held(&self, path: &FilePath, record: &Arc<Record>) {
+    pub(super) fn remove(&self, path: &FilePath) {
         let wanted = path.as_str().as_bytes();
         let (hash, shard) = self.locate(wanted);
         let mut table = shard.write();
         if let Ok(slot) = table.find_entry(hash, |s| s.holds(hash, wanted)) {
-            if Arc::ptr_eq(&slot.get().record, record) {
-                slot.remove();
-            }
+            slot.remove();
         }
     }
 
@@ -160,30 +181,46 @@ mod tests {
         let long = path(&format!("/home/a/{}", "y".repeat(INLINE_PATH)));
         let longer = path(&format!("/home/a/{}z", "y".repeat(INLINE_PATH)));
         let edge = path(&format!("/{}", "e".repeat(INLINE_PATH - 1)));
-        table.insert(&short, record(1));
-        table.insert(&long, record(2));
-        table.insert(&edge, record(3));
+        table.insert(&short, record(1), 1, |_| true);
+        table.insert(&long, record(2), 1, |_| true);
+        table.insert(&edge, record(3), 1, |_| true);
         assert_eq!(table.get(&short).unwrap().meta.rev, 1);
         assert_eq!(table.get(&long).unwrap().meta.rev, 2);
         assert_eq!(table.get(&edge).unwrap().meta.rev, 3);
         assert!(table.get(&longer).is_none());
         assert!(table.get(&path("/home/a/x2")).is_none());
-        table.insert(&short, record(4));
+        table.insert(&short, record(4), 1, |_| true);
         assert_eq!(table.get(&short).unwrap().meta.rev, 4);
         assert_eq!(table.len(), 3);
     }
 
     #[test]
-    fn a_removal_for_an_older_version_keeps_the_newer_one() {
+    fn a_held_path_keeps_its_recorded_weight_until_it_moved() {
         let table = HitTable::new();
         let p = path("/a/b");
-        let (old, new) = (record(1), record(2));
-        table.insert(&p, old.clone());
-        table.insert(&p, new.clone());
-        table.remove_if_held(&p, &old);
-        assert!(Arc::ptr_eq(&table.get(&p).unwrap(), &new));
-        table.remove_if_held(&p, &new);
+        assert!(table.insert(&p, record(1), 100, |_| unreachable!("a new path")));
+        let mut seen = None;
+        assert!(!table.insert(&p, record(2), 120, |w| {
+            seen = Some(w);
+            true
+        }));
+        assert_eq!(seen, Some(100));
+        assert_eq!(table.get(&p).unwrap().meta.rev, 2);
+        assert!(table.insert(&p, record(3), 900, |w| w == 900));
+        assert!(!table.insert(&p, record(4), 5, |w| w == 900));
+        table.remove(&p);
         assert!(table.get(&p).is_none());
+        assert_eq!(table.len(), 0);
+    }
+
+    #[test]
+    fn paths_are_found_after_the_table_grew() {
+        let table = HitTable::new();
+        for i in 0..5_000 {
+            table.insert(&path(&format!("/g/{i}")), record(i), 1, |_| true);
+        }
+        assert!((0..5_000).all(|i| table.get(&path(&format!("/g/{i}"))).unwrap().meta.rev == i));
+        assert!(table.get(&path("/g/5000")).is_none());
     }
 
     #[test]
@@ -192,9 +229,9 @@ mod tests {
         let long_name = "n".repeat(INLINE_PATH);
         for dir in ["/home/alice/", "/home/alice2/", "/home/bob/"] {
             for i in 0..50 {
-                table.insert(&path(&format!("{dir}{i}")), record(1));
+                table.insert(&path(&format!("{dir}{i}")), record(1), 1, |_| true);
             }
-            table.insert(&path(&format!("{dir}{long_name}")), record(1));
+            table.insert(&path(&format!("{dir}{long_name}")), record(1), 1, |_| true);
         }
         table.remove_prefix("/home/alice/");
         assert_eq!(table.len(), 102);
