@@ -15,6 +15,7 @@
 //! applies a write a second time.
 
 use std::collections::HashMap;
+use std::hash::{Hash, Hasher};
 use std::sync::Arc;
 
 use ferry_file_server::{Change, FilePath, Store, StoreError};
@@ -29,6 +30,26 @@ const LEDGER_AUTHOR: &str = "ferry";
 
 /// (subject, key).
 pub(crate) type IdemKey = (Arc<str>, String);
+
+/// The ledger's index: (subject, key) -> the first answer. foldhash rather than SipHash: the
+/// keys come from authenticated clients, and hashing was most of a slot's rotation.
+type Index = hashbrown::HashMap<IdemKey, AnswerBody, foldhash::fast::RandomState>;
+
+/// A borrowed (subject, key), to look one up without allocating. Hashes as [`IdemKey`] does.
+struct KeyRef<'a>(&'a str, &'a str);
+
+impl Hash for KeyRef<'_> {
+    fn hash<H: Hasher>(&self, state: &mut H) {
+        self.0.hash(state);
+        self.1.hash(state);
+    }
+}
+
+impl hashbrown::Equivalent<IdemKey> for KeyRef<'_> {
+    fn equivalent(&self, key: &IdemKey) -> bool {
+        *key.0 == *self.0 && key.1 == self.1
+    }
+}
 
 #[derive(Serialize, Deserialize)]
 struct Header {
@@ -78,7 +99,7 @@ pub(crate) struct KeyLedger {
     /// Entries in the current slot.
     count: usize,
     per_slot: Vec<Vec<IdemKey>>,
-    index: HashMap<IdemKey, AnswerBody>,
+    index: Index,
 }
 
 impl KeyLedger {
@@ -115,7 +136,7 @@ impl KeyLedger {
             current: 0,
             generation: 0,
             count: 0,
-            index: HashMap::new(),
+            index: Index::default(),
         };
         for (generation, slot, entries) in loaded {
             ledger.current = slot;
@@ -132,8 +153,7 @@ impl KeyLedger {
 
     /// The original answer of an applied write with this key.
     pub(crate) fn lookup(&self, subject: &Arc<str>, key: &str) -> Option<&AnswerBody> {
-        // A borrowed lookup would need a custom key type; keys are short.
-        self.index.get(&(subject.clone(), key.to_owned()))
+        self.index.get(&KeyRef(subject, key))
     }
 
     /// Remembers `entries` and returns the change that persists them, to be submitted after
@@ -175,4 +195,21 @@ fn push_line<T: Serialize>(out: &mut Vec<u8>, value: &T) {
     // Strings, integers and JSON values: serializing into a Vec cannot fail.
     serde_json::to_writer(&mut *out, value).expect("ledger entries serialize");
     out.push(b'\n');
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_borrowed_key_finds_its_entry_and_no_other() {
+        let mut index = Index::default();
+        index.insert((Arc::from("alice"), "k1".to_owned()), AnswerBody::Written { rev: 1 });
+        index.insert((Arc::from("bob"), "k1".to_owned()), AnswerBody::Written { rev: 2 });
+        assert_eq!(index.get(&KeyRef("alice", "k1")), Some(&AnswerBody::Written { rev: 1 }));
+        assert_eq!(index.get(&KeyRef("bob", "k1")), Some(&AnswerBody::Written { rev: 2 }));
+        assert!(index.get(&KeyRef("alic", "ek1")).is_none());
+        assert!(index.get(&KeyRef("alice", "k2")).is_none());
+        assert!(index.get(&KeyRef("carol", "k1")).is_none());
+    }
 }
