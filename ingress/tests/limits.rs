@@ -202,6 +202,27 @@ async fn a_silent_connection_is_pinged_then_closed_as_idle() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_talking_connection_outlives_the_idle_timeout_and_is_closed_once_silent() {
+    let options = IngressOptions {
+        idle_timeout: Duration::from_millis(400),
+        ping_interval: Duration::from_secs(60),
+        ..IngressOptions::default()
+    };
+    let node = start(options, Authenticator::Open).await;
+    let mut client = node.client().await;
+    // Three idle timeouts' worth of requests, one every 100 ms.
+    for _ in 0..12 {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        let answer = within(client.get("/talk/x")).await;
+        assert_eq!(answer.unwrap_err().code(), Some("not_found"), "still open");
+    }
+    let silent = std::time::Instant::now();
+    let close = within(client.wait_closed()).await.expect("closed by the server");
+    assert_eq!((close.code, close.reason.as_str()), (1001, "idle timeout"));
+    assert!(silent.elapsed() >= Duration::from_millis(350), "{:?}", silent.elapsed());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_connection_that_never_finishes_its_handshake_is_dropped() {
     let options = IngressOptions {
         handshake_timeout: Duration::from_millis(300),
