@@ -10,6 +10,7 @@
 mod bus;
 mod custom;
 mod error;
+mod history;
 mod ledger;
 mod queue;
 mod worker;

@@ -112,7 +112,7 @@ fn history_is_bounded_in_bytes_per_file_and_in_total() {
     assert_eq!(revs(bus.history("/many/63", 49)), [50]);
 
     // 1,000 files of one 1,000-byte event each: only about 200 fit. The others' histories
-    // must be gone from memory, not only from the policy's count.
+    // must be gone, not merely uncounted.
     let bus = LocalBus::new(LocalBusOptions {
         history_bytes_total: 256 << 10,
         ..LocalBusOptions::default()
