@@ -639,6 +639,9 @@ impl SubscriptionTask {
     }
 
     /// Serves one connection: `Ok` when the bus is dropped, `Err` when the connection broke.
+    /// Subscription changes go before events: a flood of events would otherwise keep every
+    /// new watcher's subscribe waiting (each change is one short round trip, and all queued
+    /// changes share it).
     async fn serve(&mut self, pubsub: &mut PubSubConnection) -> Result<(), Disconnected> {
         let start = tokio::time::Instant::now() + HEALTH_CHECK_EVERY;
         let mut health_check = tokio::time::interval_at(start, HEALTH_CHECK_EVERY);
@@ -654,10 +657,6 @@ impl SubscriptionTask {
                         return Err(Disconnected);
                     }
                 }
-                push = pubsub.pushes.recv() => match push {
-                    Some(push) if push.kind != PushKind::Disconnection => self.on_push(push),
-                    _ => return Err(Disconnected),
-                },
                 control = self.control.recv() => {
                     let Some(control) = control else { return Ok(()) };
                     self.acks.extend(control.ack);
@@ -673,6 +672,10 @@ impl SubscriptionTask {
                         let _ = ack.send(());
                     }
                 }
+                push = pubsub.pushes.recv() => match push {
+                    Some(push) if push.kind != PushKind::Disconnection => self.on_push(push),
+                    _ => return Err(Disconnected),
+                },
             }
         }
     }
