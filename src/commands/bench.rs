@@ -20,7 +20,7 @@ use clap::{Args, ValueEnum};
 use ferry_config::FerryConfig;
 use serde::Serialize;
 
-use load::{LoadReport, Plan};
+use load::{LoadReport, Pace, Plan};
 use server::SpawnedServer;
 use verify::{WriteOp, HEADER_BYTES};
 
@@ -474,8 +474,7 @@ fn plan(args: &BenchArgs, s: &Settings, url: &str, rate: f64, step: usize) -> Pl
         connections: s.connections,
         files: s.files,
         watchers_per_file: s.watchers_per_file,
-        rate,
-        closed_loop: args.closed_loop,
+        pace: if args.closed_loop { Pace::ClosedLoop } else { Pace::Rate(rate) },
         size: s.size,
         op: s.op,
         warmup: Duration::from_secs_f64(s.warmup_secs),

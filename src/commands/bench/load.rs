@@ -7,7 +7,7 @@
 //! generator down (coordinated omission). Each write's content carries its number and due time
 //! (`verify::content`), which is how a watcher knows when the change it received was due.
 //!
-//! Closed loop (`Plan::closed_loop`): no schedule; a connection sends its next write whenever
+//! Closed loop (`Pace::ClosedLoop`): no schedule; a connection sends its next write whenever
 //! fewer than `max_in_flight` of its writes are unanswered, until the end. The achieved rate is
 //! then the server's throughput at that many writes in flight, the figure a closed-loop
 //! ceiling (such as the raw broker's) is measured as, and a write's latency runs from its
@@ -53,10 +53,7 @@ pub struct Plan {
     pub connections: usize,
     pub files: usize,
     pub watchers_per_file: usize,
-    /// Writes per second over all connections (open loop; ignored when `closed_loop`).
-    pub rate: f64,
-    /// Send whenever fewer than `max_in_flight` writes are unanswered instead of on a schedule.
-    pub closed_loop: bool,
+    pub pace: Pace,
     pub size: usize,
     pub op: WriteOp,
     pub warmup: Duration,
@@ -106,6 +103,16 @@ impl Plan {
             })
             .collect()
     }
+}
+
+/// How a run's writes are sent.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum Pace {
+    /// Open loop: this many writes per second over all connections, on a schedule.
+    Rate(f64),
+    /// Each connection sends whenever fewer than `Plan::max_in_flight` of its writes are
+    /// unanswered.
+    ClosedLoop,
 }
 
 /// Latency percentiles in milliseconds.
@@ -387,8 +394,11 @@ where
 /// Runs `plan` and verifies it.
 pub async fn run(plan: Plan) -> anyhow::Result<LoadReport> {
     let mut report = LoadReport {
-        target_rate: if plan.closed_loop { 0.0 } else { plan.rate },
-        closed_loop_in_flight: plan.closed_loop.then_some(plan.max_in_flight),
+        target_rate: match plan.pace {
+            Pace::Rate(rate) => rate,
+            Pace::ClosedLoop => 0.0,
+        },
+        closed_loop_in_flight: (plan.pace == Pace::ClosedLoop).then_some(plan.max_in_flight),
         ..LoadReport::default()
     };
     report.connections.requested = plan.connections;
@@ -679,13 +689,13 @@ async fn drive(
     let mut in_flight = Outstanding::default();
     // Write j of this connection is write k = (j / m) * files + written[j % m] of the run. In
     // a closed loop it may go as soon as the run starts; its due time becomes its sending time.
+    let closed_loop = plan.pace == Pace::ClosedLoop;
     let due = |j: u64| -> (u64, Instant) {
         let m = written.len() as u64;
         let k = (j / m) * plan.files as u64 + written[(j % m) as usize] as u64;
-        let at = if plan.closed_loop {
-            run.t0
-        } else {
-            run.t0 + Duration::from_secs_f64(k as f64 / plan.rate)
+        let at = match plan.pace {
+            Pace::Rate(rate) => run.t0 + Duration::from_secs_f64(k as f64 / rate),
+            Pace::ClosedLoop => run.t0,
         };
         (k, at)
     };
@@ -703,7 +713,7 @@ async fn drive(
         let closed = outcome.lost.is_some();
         // A closed loop has no schedule: once it ends, or its connection is lost, no write is
         // due (none counts as not sent).
-        if plan.closed_loop && (closed || now >= run.end) {
+        if closed_loop && (closed || now >= run.end) {
             next_due = None;
         }
         if !writes_reported
@@ -824,10 +834,10 @@ async fn drive(
             _ = tokio::time::sleep_until(send_at.unwrap_or(wake_at).into()), if send_at.is_some() => {
                 let now = Instant::now();
                 while let Some((k, due_at)) = next_due.filter(|(_, at)| *at <= now) {
-                    if in_flight.len() >= plan.max_in_flight || (plan.closed_loop && now >= run.end) {
+                    if in_flight.len() >= plan.max_in_flight || (closed_loop && now >= run.end) {
                         break;
                     }
-                    let at = if plan.closed_loop { now } else { due_at };
+                    let at = if closed_loop { now } else { due_at };
                     let slot = (next_write % written.len() as u64) as usize;
                     let id = (1u64 << 40) + next_write;
                     let text = verify::content(k, micros(at, run.t0), plan.size);
@@ -901,8 +911,7 @@ mod tests {
             connections,
             files,
             watchers_per_file,
-            rate: 1.0,
-            closed_loop: false,
+            pace: Pace::Rate(1.0),
             size: 64,
             op: WriteOp::Put,
             warmup: Duration::ZERO,
