@@ -155,6 +155,13 @@ impl StoreSnapshot {
         Ok(self.snapshots[p as usize].get(path)?.filter(|r| !r.is_deleted()))
     }
 
+    /// The content of `path` borrowed from the snapshot, `None` if absent or deleted (see
+    /// [`Snapshot::content_of`]).
+    pub fn content_of(&self, path: &FilePath) -> Result<Option<&[u8]>> {
+        let p = partition_of(path, self.layout.partition_depth, self.layout.partitions);
+        self.snapshots[p as usize].content_of(path)
+    }
+
     /// Every existing file under `prefix` after `after`, in path order across partitions.
     /// Stops after the first error.
     pub fn scan<'s>(

@@ -28,6 +28,10 @@ fn commit_get_scan_and_reopen() {
     assert_eq!(snap.get(&path("/docs/a.txt")).unwrap().unwrap(), live(1, "alpha"));
     assert_eq!(snap.get(&path("/docs/b.txt")).unwrap().unwrap().content.unwrap(), big);
     assert_eq!(snap.get(&path("/docs/c.txt")).unwrap().unwrap(), tombstone(2));
+    assert_eq!(snap.content_of(&path("/docs/a.txt")).unwrap(), Some(&b"alpha"[..]));
+    assert_eq!(snap.content_of(&path("/docs/b.txt")).unwrap(), Some(&big[..]));
+    assert_eq!(snap.content_of(&path("/docs/c.txt")).unwrap(), None, "deleted");
+    assert_eq!(snap.content_of(&path("/docs/d.txt")).unwrap(), None, "absent");
     let (meta, deleted) = snap.get_meta(&path("/docs/b.txt")).unwrap().unwrap();
     assert_eq!((meta.size, meta.rev, deleted), (100_000, 1, false));
     let listed: Vec<_> = snap

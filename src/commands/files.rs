@@ -250,14 +250,14 @@ fn export(dir: &Path, format: ExportFormat) -> anyhow::Result<ExitCode> {
             let mut out = std::io::BufWriter::new(stdout);
             for item in snap.scan("/", None) {
                 let (path, meta) = item?;
-                let record = snap.get(&path)?.with_context(|| format!("{path} vanished"))?;
-                let content = record.content.unwrap_or_default();
+                let content =
+                    snap.content_of(&path)?.with_context(|| format!("{path} vanished"))?;
                 let mut r = row(&path, &meta);
-                match std::str::from_utf8(&content) {
+                match std::str::from_utf8(content) {
                     Ok(text) => r.content = Some(text.to_owned()),
                     Err(_) => {
                         r.content_b64 =
-                            Some(base64::engine::general_purpose::STANDARD.encode(&content))
+                            Some(base64::engine::general_purpose::STANDARD.encode(content))
                     }
                 }
                 serde_json::to_writer(&mut out, &r)?;

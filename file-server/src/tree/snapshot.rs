@@ -236,6 +236,13 @@ impl Snapshot {
         Ok(Some(Record { meta, content }))
     }
 
+    /// The content of `path` borrowed from the map, `None` if absent or deleted: no copy and
+    /// no allocation, for readers that pass the bytes on (an export, a reporting tool).
+    pub fn content_of(&self, path: &FilePath) -> Result<Option<&[u8]>> {
+        let Some(found) = self.find(path.as_bytes())? else { return Ok(None) };
+        self.content(&found.cell)
+    }
+
     /// The metadata of `path` and whether it is deleted, without reading its content.
     pub fn get_meta(&self, path: &FilePath) -> Result<Option<(FileMeta, bool)>> {
         let Some(found) = self.find(path.as_bytes())? else { return Ok(None) };
