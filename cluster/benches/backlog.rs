@@ -132,6 +132,7 @@ async fn main() {
     let started = Instant::now();
     let stop = CancellationToken::new();
     let mut nodes = Vec::new();
+    let mut buses = Vec::new();
     for w in 0..workers {
         let (ns, handle) = (namespace.clone(), tokio::runtime::Handle::current());
         let bus = tokio::task::spawn_blocking(move || {
@@ -143,7 +144,9 @@ async fn main() {
         let mut o = WorkerNodeOptions::new(&format!("w{w}"), data.clone(), AMQP_URL, REDIS_URL);
         o.namespace = namespace.clone();
         o.queue_limits = topology.limits;
-        let node = WorkerNode::new(o, Arc::new(bus), None).await.expect("starting a worker");
+        let bus = Arc::new(bus);
+        buses.push(bus.clone());
+        let node = WorkerNode::new(o, bus, None).await.expect("starting a worker");
         nodes.push(tokio::spawn(node.run(stop.clone())));
     }
     let deadline = Instant::now() + Duration::from_secs(900);
@@ -163,6 +166,16 @@ async fn main() {
         failed.load(Ordering::Relaxed),
     );
     let _ = topology.delete(&channel).await;
+    // The buses publish behind the answers: wait for their last events, or the history keys
+    // deleted below come back.
+    let flushed = tokio::task::spawn_blocking(move || {
+        buses.iter().all(|bus| bus.flush(Duration::from_secs(60)))
+    })
+    .await
+    .unwrap_or(false);
+    if !flushed {
+        eprintln!("backlog: the change buses did not flush within 60 s; history keys may remain");
+    }
     // The workers' change history for this namespace, so that runs leave nothing behind.
     if let Ok(client) = redis::Client::open(REDIS_URL) {
         if let Ok(mut redis) = client.get_multiplexed_async_connection().await {
