@@ -36,6 +36,16 @@ struct FileHistory {
     bytes: usize,
 }
 
+impl FileHistory {
+    /// Drops the oldest change; what it weighed.
+    fn pop_oldest(&mut self) -> Option<usize> {
+        let oldest = self.events.pop_front()?;
+        let bytes = event_bytes(&oldest);
+        self.bytes -= bytes;
+        Some(bytes)
+    }
+}
+
 /// See the module documentation.
 pub(crate) struct ChangeHistory {
     options: LocalBusOptions,
@@ -89,16 +99,16 @@ impl ChangeHistory {
             file.events.clear();
             file.bytes = 0;
         }
+        let bytes = event_bytes(event);
         file.events.push_back(event.clone());
-        file.bytes += event_bytes(event);
-        self.bytes += event_bytes(event) as u64;
+        file.bytes += bytes;
+        self.bytes += bytes as u64;
         self.held += 1;
         while file.events.len() > self.options.history_per_file.max(1)
             || (file.bytes > self.options.history_bytes_per_file && file.events.len() > 1)
         {
-            let Some(old) = file.events.pop_front() else { break };
-            file.bytes -= event_bytes(&old);
-            self.bytes -= event_bytes(&old) as u64;
+            let Some(dropped) = file.pop_oldest() else { break };
+            self.bytes -= dropped as u64;
             self.held -= 1;
         }
         self.order.push_back((event.path.clone(), event.rev));
@@ -115,9 +125,8 @@ impl ChangeHistory {
     fn drop_oldest(&mut self, path: &str, rev: u64) {
         let Some(file) = self.files.get_mut(path) else { return };
         if file.events.front().is_some_and(|e| e.rev == rev) {
-            if let Some(old) = file.events.pop_front() {
-                file.bytes -= event_bytes(&old);
-                self.bytes -= event_bytes(&old) as u64;
+            if let Some(dropped) = file.pop_oldest() {
+                self.bytes -= dropped as u64;
                 self.held -= 1;
             }
         }
