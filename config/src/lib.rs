@@ -24,7 +24,7 @@ pub use error::{ConfigError, Invalid};
 pub use ingress::IngressConfig;
 pub use load::{load, ConfigSources, LoadedConfig, Origin, DEFAULT_CONFIG_FILE};
 pub use logger::LoggerConfig;
-pub use store::{StoreConfig, WalSyncPolicy};
+pub use store::{StoreConfig, WalGroupSyncPolicy, WalSyncPolicy};
 
 /// The whole configuration, one field per `ferry.toml` section.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]

@@ -18,6 +18,19 @@ pub enum WalSyncPolicy {
     Os,
 }
 
+/// How a batch over several partitions makes their write-ahead logs durable under `always`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum WalGroupSyncPolicy {
+    /// Write every log, then one sync of their file system (Linux `syncfs`, 5.8 or later;
+    /// elsewhere `sequential`): one device flush for all of them.
+    Filesystem,
+    /// One fsync per log, one after another, on the worker thread.
+    Sequential,
+    /// One fsync per log, all at once, each on its log's own thread.
+    Parallel,
+}
+
 /// Settings of the file store.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
@@ -40,10 +53,9 @@ pub struct StoreConfig {
     pub wal_sync: WalSyncPolicy,
     /// With `wal_sync = "interval"`: the fsync period. Default 1,000 ms.
     pub wal_sync_interval_ms: u64,
-    /// With `wal_sync = "always"`: a batch over several partitions fsyncs their logs at once on
-    /// a thread per log (true) or one after another on the worker thread (false). Default
-    /// false: at once pays only where one fsync takes milliseconds.
-    pub wal_parallel_syncs: bool,
+    /// With `wal_sync = "always"`: how a batch over several partitions makes their logs
+    /// durable. Default `filesystem`: one `syncfs` for all of them.
+    pub wal_group_sync: WalGroupSyncPolicy,
 }
 
 impl Default for StoreConfig {
@@ -58,7 +70,7 @@ impl Default for StoreConfig {
             flush_max_dirty: 10_000,
             wal_sync: WalSyncPolicy::Always,
             wal_sync_interval_ms: 1_000,
-            wal_parallel_syncs: false,
+            wal_group_sync: WalGroupSyncPolicy::Filesystem,
         }
     }
 }

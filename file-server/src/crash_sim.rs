@@ -62,6 +62,8 @@ struct DirState {
     faults: Vec<Fault>,
     /// Completed `sync_data` calls per file name (the name the file was opened under).
     syncs: BTreeMap<String, u64>,
+    /// Completed [`StorageDir::sync_filesystem`] calls.
+    filesystem_syncs: u64,
 }
 
 enum DirOp {
@@ -162,6 +164,11 @@ impl CrashSimDir {
     pub fn sync_count(&self, name_prefix: &str) -> u64 {
         let state = self.shared.state.lock();
         state.syncs.iter().filter(|(n, _)| n.starts_with(name_prefix)).map(|(_, c)| c).sum()
+    }
+
+    /// How many [`StorageDir::sync_filesystem`] calls succeeded.
+    pub fn filesystem_sync_count(&self) -> u64 {
+        self.shared.state.lock().filesystem_syncs
     }
 
     /// The current (volatile) bytes of a file, if it exists.
@@ -297,6 +304,25 @@ impl StorageDir for CrashSimDir {
         let mut state = self.shared.state.lock();
         state.durable_names = state.names.clone();
         state.pending.clear();
+        Ok(())
+    }
+
+    /// The simulated directory is a file system of its own, shared by its clones.
+    fn filesystem(&self) -> Option<u64> {
+        Some(Arc::as_ptr(&self.shared) as u64)
+    }
+
+    /// Syncs every file and the directory. A `Sync` fault injected with an empty name prefix
+    /// fails it.
+    fn sync_filesystem(&self) -> io::Result<()> {
+        self.take_fault("", FaultOp::Sync)?;
+        let mut state = self.shared.state.lock();
+        for inode in state.names.values() {
+            inode.lock().sync();
+        }
+        state.durable_names = state.names.clone();
+        state.pending.clear();
+        state.filesystem_syncs += 1;
         Ok(())
     }
 }

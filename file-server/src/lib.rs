@@ -29,5 +29,5 @@ pub use partition_store::{Applied, Change, Edit, PartitionStore, PendingWrite};
 pub use path::{FilePath, PathError};
 pub use read_only::{open_read_only, ReadOnlyStore};
 pub use record::{FileMeta, Record};
-pub use store::{InitOptions, Store, StoreOptions, WriteGroup};
-pub use wal::{GroupSync, WalSync};
+pub use store::{InitOptions, Store, StoreOptions, WalGroupSync, WriteGroup};
+pub use wal::{GroupSync, WalSync, WrittenPoint};

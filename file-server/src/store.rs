@@ -66,12 +66,30 @@ pub struct StoreOptions {
     pub wal_segment_bytes: u64,
     /// Zeros written ahead in a WAL segment to keep syncs cheap (default 1 MiB).
     pub wal_preallocate_bytes: u64,
-    /// How a [`WriteGroup`] over several partitions syncs their logs under
-    /// [`WalSync::Always`]: one after another on the caller's thread (`false`, the default), or
-    /// the first there and each other on its log's syncer thread, all at once (`true`). At
-    /// once pays where one fsync takes milliseconds; where it takes under one (about 0.7 ms
-    /// on this project's machine) the thread hand-offs cost more CPU than they save.
-    pub wal_parallel_syncs: bool,
+    /// How a [`WriteGroup`] over several partitions makes their logs durable under
+    /// [`WalSync::Always`] (default [`WalGroupSync::Filesystem`]).
+    pub wal_group_sync: WalGroupSync,
+}
+
+/// How a [`WriteGroup`] over several partitions makes their logs durable under
+/// [`WalSync::Always`]. Every mode syncs every log before any of its changes is acknowledged;
+/// they differ in how many device flushes that takes and on which threads.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum WalGroupSync {
+    /// The logs are written, then one sync of their file system covers them all (Linux
+    /// `syncfs`, 5.8 or later): one device flush instead of one per log. Measured on this
+    /// project's machine with 8 logs: 0.21 ms a round against 1.0 ms for 8 `fdatasync`s. It
+    /// also waits for whatever else is dirty on that file system, so a data directory that
+    /// shares it with heavy writers may do better with [`WalGroupSync::Sequential`]. Where the
+    /// backend offers no such sync ([`StorageDir::filesystem`]), this is `Sequential`.
+    #[default]
+    Filesystem,
+    /// One `fdatasync` per log, one after another, on the caller's thread.
+    Sequential,
+    /// The first log's `fdatasync` on the caller's thread and every other on its log's syncer
+    /// thread, all at once: pays where one fsync takes milliseconds; where it takes under one
+    /// the thread hand-offs cost more CPU than they save.
+    Parallel,
 }
 
 impl Default for StoreOptions {
@@ -84,7 +102,7 @@ impl Default for StoreOptions {
             wal_sync: WalSync::Always,
             wal_segment_bytes: DEFAULT_SEGMENT_BYTES,
             wal_preallocate_bytes: DEFAULT_PREALLOCATE_BYTES,
-            wal_parallel_syncs: false,
+            wal_group_sync: WalGroupSync::Filesystem,
         }
     }
 }
@@ -143,8 +161,9 @@ pub struct Store {
     layout: InitOptions,
     /// Indexed by partition; `None` where this process did not open it.
     partitions: Vec<Option<PartitionStore>>,
-    /// See [`StoreOptions::wal_parallel_syncs`].
-    parallel_syncs: bool,
+    /// See [`StoreOptions::wal_group_sync`].
+    group_sync: WalGroupSync,
+    wal_sync: WalSync,
 }
 
 impl Store {
@@ -241,7 +260,8 @@ impl Store {
             dir: dir.to_owned(),
             layout,
             partitions,
-            parallel_syncs: options.wal_parallel_syncs,
+            group_sync: options.wal_group_sync,
+            wal_sync: options.wal_sync,
         })
     }
 
@@ -296,6 +316,36 @@ impl Store {
     /// it joins (a partition has its own log, so there is no atomicity across partitions).
     pub fn group(&self) -> WriteGroup<'_> {
         WriteGroup { store: self, joined: Vec::new() }
+    }
+
+    /// Makes the logs of `partitions` durable with one sync of each file system they share
+    /// ([`WalGroupSync::Filesystem`]). Best effort: a log it does not cover (alone on its file
+    /// system, or the sync failed) is synced by whoever waits for it, as in `Sequential`.
+    fn sync_logs_together(&self, partitions: &[u32]) {
+        let mut logs: Vec<(u64, &PartitionStore)> = partitions
+            .iter()
+            .filter_map(|&p| self.partitions[p as usize].as_ref())
+            .filter_map(|part| Some((part.filesystem()?, part)))
+            .collect();
+        logs.sort_by_key(|&(filesystem, _)| filesystem);
+        for same in logs.chunk_by(|a, b| a.0 == b.0).filter(|same| same.len() > 1) {
+            // A log whose write failed has failed as a whole: its waiters get that error.
+            let written: Vec<_> = same
+                .iter()
+                .filter_map(|&(_, part)| Some((part, part.write_log_unsynced().ok()?)))
+                .collect();
+            match same[0].1.sync_filesystem() {
+                Ok(()) => {
+                    for (part, point) in written {
+                        part.mark_log_synced(point);
+                    }
+                }
+                Err(e) => tracing::warn!(
+                    dir = %self.dir.display(), error = %e,
+                    "file-system sync of the write-ahead logs failed; syncing each log instead"
+                ),
+            }
+        }
     }
 
     /// Applies a change and waits until it is durable (see [`PartitionStore::apply`]).
@@ -459,8 +509,9 @@ fn write_manifest(dir: &Path, layout: InitOptions) -> Result<()> {
 ///
 /// The caller is expected to wait for its changes in the order it made them, and leads their
 /// logs' syncs itself instead of waiting for a syncer thread to wake, sync and wake it
-/// ([`GroupSync::Caller`]). With [`StoreOptions::wal_parallel_syncs`] only the first
-/// partition's: the others are synced by their logs' syncer threads, at the same time.
+/// ([`GroupSync::Caller`]), or all of them at once when the group ends
+/// ([`WalGroupSync::Filesystem`]). With [`WalGroupSync::Parallel`] only the first partition's:
+/// the others are synced by their logs' syncer threads, at the same time.
 #[must_use = "the group ends when dropped"]
 pub struct WriteGroup<'a> {
     store: &'a Store,
@@ -481,7 +532,7 @@ impl WriteGroup<'_> {
     }
 
     fn sync_of(&self, joined_before: usize) -> GroupSync {
-        if joined_before > 0 && self.store.parallel_syncs {
+        if joined_before > 0 && self.store.group_sync == WalGroupSync::Parallel {
             GroupSync::Syncer
         } else {
             GroupSync::Caller
@@ -495,6 +546,13 @@ impl Drop for WriteGroup<'_> {
             if let Some(p) = self.store.partitions[partition as usize].as_ref() {
                 p.end_group(self.sync_of(i));
             }
+        }
+        let store = self.store;
+        if self.joined.len() > 1
+            && store.group_sync == WalGroupSync::Filesystem
+            && store.wal_sync == WalSync::Always
+        {
+            store.sync_logs_together(&self.joined);
         }
     }
 }

@@ -92,6 +92,14 @@ pub enum GroupSync {
     Caller,
 }
 
+/// How far a log had been handed to the OS ([`WriteAheadLog::write_unsynced`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct WrittenPoint {
+    lsn: u64,
+    /// The last written record that leaves no group open: what its waiters may be told.
+    closed_lsn: u64,
+}
+
 /// When the log is synced to disk.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum WalSync {
@@ -876,6 +884,27 @@ impl WriteAheadLog {
         self.shared.sync_all()
     }
 
+    /// Hands every record of a closed group to the OS without syncing, for one sync of the
+    /// whole file system to cover several logs ([`StorageDir::sync_filesystem`]). Once such a
+    /// sync that began after this returned has succeeded, [`WriteAheadLog::mark_synced`]
+    /// releases the waiters of what it covers; if none does, they sync the log themselves.
+    pub fn write_unsynced(&self) -> Result<WrittenPoint> {
+        let target = self.shared.state.lock().closed_lsn;
+        self.shared.wait_for(target, false)?;
+        let st = self.shared.state.lock();
+        Ok(WrittenPoint { lsn: st.written_lsn, closed_lsn: st.written_closed_lsn })
+    }
+
+    /// Records that every record up to `point` is durable: a file-system-wide sync began
+    /// after [`WriteAheadLog::write_unsynced`] returned `point`, and succeeded.
+    pub fn mark_synced(&self, point: WrittenPoint) {
+        let mut st = self.shared.state.lock();
+        st.synced_lsn = st.synced_lsn.max(point.lsn);
+        st.synced_closed_lsn = st.synced_closed_lsn.max(point.closed_lsn);
+        drop(st);
+        self.shared.cond.notify_all();
+    }
+
     /// The LSN of the last appended record (the checkpoint's LSN if none was appended yet).
     pub fn last_lsn(&self) -> u64 {
         self.shared.state.lock().next_lsn - 1
@@ -1070,7 +1099,8 @@ impl Shared {
         }
     }
 
-    /// Writes (and maybe syncs) everything buffered, with the state lock released meanwhile.
+    /// Writes (and syncs if `need_sync`) everything buffered, with the state lock released
+    /// meanwhile.
     fn lead(&self, st: &mut MutexGuard<'_, State>, need_sync: bool) {
         st.leader = true;
         // Whoever leads takes the whole buffer, asked for or not.
@@ -1081,8 +1111,7 @@ impl Shared {
         let last_lsn = st.next_lsn - 1;
         let closed_lsn = st.closed_lsn;
         st.buf_first_lsn = st.next_lsn;
-        let sync = need_sync || self.sync == WalSync::Always;
-        let result = MutexGuard::unlocked(st, || self.write_batch(&batch, first_lsn, sync));
+        let result = MutexGuard::unlocked(st, || self.write_batch(&batch, first_lsn, need_sync));
         batch.clear();
         st.spare = batch;
         st.leader = false;
@@ -1090,7 +1119,7 @@ impl Shared {
             Ok(added) => {
                 st.written_lsn = last_lsn;
                 st.written_closed_lsn = closed_lsn;
-                if sync {
+                if need_sync {
                     st.synced_lsn = last_lsn;
                     st.synced_closed_lsn = closed_lsn;
                 }

@@ -4,7 +4,8 @@
 use std::path::Path;
 
 use ferry_file_server::{
-    open_read_only, Change, FilePath, InitOptions, Store, StoreError, StoreOptions, WalSync,
+    open_read_only, Change, FilePath, InitOptions, Store, StoreError, StoreOptions, WalGroupSync,
+    WalSync,
 };
 
 fn p(s: &str) -> FilePath {
@@ -151,10 +152,10 @@ fn partitions_not_opened_here_are_refused() {
 
 #[test]
 fn a_group_over_several_partitions_is_acknowledged_whoever_syncs_the_other_logs() {
-    for parallel in [false, true] {
+    for mode in [WalGroupSync::Filesystem, WalGroupSync::Sequential, WalGroupSync::Parallel] {
         let tmp = tempfile::tempdir().unwrap();
         init(tmp.path());
-        let options = StoreOptions { wal_parallel_syncs: parallel, ..fast() };
+        let options = StoreOptions { wal_group_sync: mode, ..fast() };
         let store = std::sync::Arc::new(Store::open(tmp.path(), options).unwrap());
         let paths: Vec<FilePath> = (0..8).map(|i| p(&format!("/g{i}/f"))).collect();
         let touched: std::collections::BTreeSet<u32> =
@@ -180,7 +181,7 @@ fn a_group_over_several_partitions_is_acknowledged_whoever_syncs_the_other_logs(
             })
         };
         done.recv_timeout(std::time::Duration::from_secs(10))
-            .unwrap_or_else(|_| panic!("parallel {parallel}: the group was never acknowledged"));
+            .unwrap_or_else(|_| panic!("{mode:?}: the group was never acknowledged"));
         writer.join().unwrap();
         std::sync::Arc::try_unwrap(store).ok().unwrap().close().unwrap();
         let store = Store::open(tmp.path(), options).unwrap();

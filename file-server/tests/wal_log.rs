@@ -669,6 +669,48 @@ fn a_callers_group_is_synced_by_its_waiter_and_survives_a_crash_once_acknowledge
 }
 
 #[test]
+fn records_written_unsynced_are_acknowledged_after_a_filesystem_sync_without_a_sync_of_their_own() {
+    let dir = CrashSimDir::new("/p000");
+    let (wal, _, _) = open(&dir, 0, always());
+    wal.begin_group(GroupSync::Caller);
+    wal.append(&put("/a", 1, b"one")).unwrap();
+    let last = wal.append(&put("/a", 2, b"two")).unwrap();
+    wal.end_group(GroupSync::Caller);
+    let (syncs, synced) = (dir.sync_count("wal-"), wal.synced_lsn());
+    let point = wal.write_unsynced().unwrap();
+    assert_eq!(wal.synced_lsn(), synced, "written, not synced");
+    dir.sync_filesystem().unwrap();
+    wal.mark_synced(point);
+    wal.wait(last).unwrap();
+    assert!(wal.synced_lsn() > last, "the commit record is covered too");
+    assert_eq!(dir.sync_count("wal-"), syncs, "the log was not synced on its own");
+    assert_eq!(dir.filesystem_sync_count(), 1);
+    let crashed = dir.crash(11);
+    std::mem::forget(wal); // a crash runs no destructors
+    let (_, seen, _) = open(&crashed, 0, always());
+    let contents: Vec<&[u8]> = seen.iter().map(|r| r.data.as_slice()).collect();
+    assert_eq!(contents, [b"one".as_slice(), b"two"], "acknowledged after the file-system sync");
+}
+
+#[test]
+fn records_written_unsynced_and_never_covered_are_synced_by_their_waiter() {
+    let dir = CrashSimDir::new("/p000");
+    let (wal, _, _) = open(&dir, 0, always());
+    wal.begin_group(GroupSync::Caller);
+    let last = wal.append(&put("/a", 1, b"one")).unwrap();
+    wal.end_group(GroupSync::Caller);
+    let syncs = dir.sync_count("wal-");
+    wal.write_unsynced().unwrap();
+    // The file-system sync failed or never ran: no mark_synced.
+    wal.wait(last).unwrap();
+    assert_eq!(dir.sync_count("wal-"), syncs + 1, "the waiter synced the log itself");
+    let crashed = dir.crash(3);
+    std::mem::forget(wal);
+    let (_, seen, _) = open(&crashed, 0, always());
+    assert_eq!(seen.len(), 1, "acknowledged, so durable");
+}
+
+#[test]
 fn a_grouped_record_is_acknowledged_only_once_its_group_ends() {
     let dir = CrashSimDir::new("/p000");
     let (wal, _, _) = open(&dir, 0, always());

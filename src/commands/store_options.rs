@@ -1,7 +1,7 @@
 //! From the `[store]` configuration section to the store's own option types.
 
-use ferry_config::{StoreConfig, WalSyncPolicy};
-use ferry_file_server::{InitOptions, StoreOptions, WalSync};
+use ferry_config::{StoreConfig, WalGroupSyncPolicy, WalSyncPolicy};
+use ferry_file_server::{InitOptions, StoreOptions, WalGroupSync, WalSync};
 
 pub fn init_options(c: &StoreConfig) -> InitOptions {
     InitOptions { partitions: c.partitions, partition_depth: c.partition_depth }
@@ -18,7 +18,11 @@ pub fn store_options(c: &StoreConfig) -> StoreOptions {
             WalSyncPolicy::Interval => WalSync::Interval(c.wal_sync_interval_ms),
             WalSyncPolicy::Os => WalSync::Os,
         },
-        wal_parallel_syncs: c.wal_parallel_syncs,
+        wal_group_sync: match c.wal_group_sync {
+            WalGroupSyncPolicy::Filesystem => WalGroupSync::Filesystem,
+            WalGroupSyncPolicy::Sequential => WalGroupSync::Sequential,
+            WalGroupSyncPolicy::Parallel => WalGroupSync::Parallel,
+        },
         ..StoreOptions::default()
     }
 }

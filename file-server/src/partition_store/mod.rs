@@ -34,7 +34,7 @@ use crate::path::FilePath;
 use crate::record::{FileMeta, Record};
 use crate::store::StoreOptions;
 use crate::tree::{Snapshot, TreeFile};
-use crate::wal::{GroupSync, WalOptions, WalRecovery, WriteAheadLog};
+use crate::wal::{GroupSync, WalOptions, WalRecovery, WriteAheadLog, WrittenPoint};
 use change::{replay_entry, visible};
 use clean_cache::CleanCache;
 
@@ -139,6 +139,9 @@ struct Inner {
 /// One partition opened for writing. See the module documentation.
 pub struct PartitionStore {
     inner: Arc<Inner>,
+    dir: Arc<dyn StorageDir>,
+    /// [`StorageDir::filesystem`] of `dir`, asked once.
+    filesystem: Option<u64>,
     flusher: Option<(Sender<()>, JoinHandle<()>)>,
     recovery: WalRecovery,
     _lock: Option<WriterLock>,
@@ -213,7 +216,8 @@ impl PartitionStore {
         });
         let interval = Duration::from_millis(options.flush_interval_ms.max(1));
         let flusher = spawn_flusher(inner.clone(), kicked, interval)?;
-        Ok(PartitionStore { inner, flusher: Some(flusher), recovery, _lock: lock })
+        let filesystem = dir.filesystem();
+        Ok(PartitionStore { inner, dir, filesystem, flusher: Some(flusher), recovery, _lock: lock })
     }
 
     pub fn partition(&self) -> u32 {
@@ -273,6 +277,29 @@ impl PartitionStore {
     /// Ends a group opened by [`PartitionStore::begin_group`] with the same `sync`.
     pub fn end_group(&self, sync: GroupSync) {
         self.inner.wal.end_group(sync);
+    }
+
+    /// Which file system the partition's files are on ([`StorageDir::filesystem`]).
+    pub fn filesystem(&self) -> Option<u64> {
+        self.filesystem
+    }
+
+    /// See [`WriteAheadLog::write_unsynced`].
+    pub fn write_log_unsynced(&self) -> Result<WrittenPoint> {
+        self.inner.wal.write_unsynced()
+    }
+
+    /// See [`WriteAheadLog::mark_synced`].
+    pub fn mark_log_synced(&self, point: WrittenPoint) {
+        self.inner.wal.mark_synced(point);
+    }
+
+    /// Makes every write to the partition's file system durable
+    /// ([`StorageDir::sync_filesystem`]).
+    pub fn sync_filesystem(&self) -> Result<()> {
+        self.dir
+            .sync_filesystem()
+            .map_err(|e| StoreError::io("sync file system", self.dir.path(), e))
     }
 
     /// Lets the files under `prefix` go (a client's working set when it left): the flusher
