@@ -9,7 +9,7 @@ use std::fs::{self, File, OpenOptions};
 use std::io;
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 
 /// A read-only view of a whole file, as long as the file was when it was mapped.
 pub trait Mapping: Send + Sync {
@@ -76,12 +76,15 @@ pub trait StorageDir: Send + Sync {
 #[derive(Debug, Clone)]
 pub struct FsDir {
     path: PathBuf,
+    /// The directory opened once for [`StorageDir::sync_filesystem`], which a worker calls
+    /// hundreds of times a second.
+    handle: Arc<OnceLock<File>>,
 }
 
 impl FsDir {
     /// A directory that must exist.
     pub fn new(path: impl Into<PathBuf>) -> FsDir {
-        FsDir { path: path.into() }
+        FsDir { path: path.into(), handle: Arc::default() }
     }
 }
 
@@ -145,7 +148,13 @@ impl StorageDir for FsDir {
         #[cfg(target_os = "linux")]
         {
             use std::os::fd::AsRawFd;
-            let dir = File::open(&self.path)?;
+            let dir = match self.handle.get() {
+                Some(dir) => dir,
+                None => {
+                    let opened = File::open(&self.path)?;
+                    self.handle.get_or_init(|| opened)
+                }
+            };
             // SAFETY: `dir` is an open descriptor for the whole call.
             if unsafe { libc::syncfs(dir.as_raw_fd()) } == 0 {
                 return Ok(());
