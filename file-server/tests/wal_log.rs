@@ -563,8 +563,9 @@ fn a_segment_the_tree_already_holds_is_closed_early_and_then_deleted() {
         WalOptions { sync: WalSync::Always, preallocate_bytes: 0, ..WalOptions::default() };
     let (wal, _, _) = open(&dir, 0, options);
     let data = [7u8; 4096];
+    let count = ferry_file_server::wal::ROLL_COVERED_BYTES / data.len() as u64 + 10;
     let mut last = 0;
-    for i in 0..300u64 {
+    for i in 0..count {
         last = wal.append(&put("/f", i + 1, &data)).unwrap();
     }
     wal.wait(last).unwrap();
@@ -572,7 +573,7 @@ fn a_segment_the_tree_already_holds_is_closed_early_and_then_deleted() {
     assert!(bytes > ferry_file_server::wal::ROLL_COVERED_BYTES && segments == 1);
     // Covered, but still the segment being written: nothing to delete yet.
     assert_eq!(wal.checkpoint(last).unwrap(), 0);
-    let next = wal.append(&put("/f", 301, b"x")).unwrap();
+    let next = wal.append(&put("/f", count + 1, b"x")).unwrap();
     wal.wait(next).unwrap();
     assert_eq!(wal.size().1, 2, "the covered segment was closed at the next append");
     assert_eq!(wal.checkpoint(next).unwrap(), 1);
