@@ -177,6 +177,22 @@ fn syncfs_reports_errors() -> bool {
     })
 }
 
+/// Bytes of the machine's page cache that are dirty or being written back (`/proc/meminfo`),
+/// where the system tells.
+pub fn dirty_page_bytes() -> Option<u64> {
+    parse_dirty_bytes(&fs::read_to_string("/proc/meminfo").ok()?)
+}
+
+/// `Dirty:` plus `Writeback:` of a `/proc/meminfo` text, in bytes.
+fn parse_dirty_bytes(meminfo: &str) -> Option<u64> {
+    let field = |name: &str| -> Option<u64> {
+        let line = meminfo.lines().find(|l| l.starts_with(name))?;
+        let kib = line[name.len()..].trim().trim_end_matches("kB").trim();
+        kib.parse::<u64>().ok().map(|k| k * 1024)
+    };
+    Some(field("Dirty:")? + field("Writeback:")?)
+}
+
 /// Whether a kernel release string (`6.1.0-18-amd64`) is at least `major.minor`.
 fn kernel_at_least(release: &str, (major, minor): (u32, u32)) -> bool {
     let mut numbers =
@@ -258,6 +274,17 @@ mod tests {
         assert!(ro.write_all_at(b"x", 0).is_err());
         dir.remove_file("b").unwrap();
         assert!(dir.list().unwrap().is_empty());
+    }
+
+    #[test]
+    fn dirty_bytes_are_read_off_meminfo() {
+        let text = "MemTotal:       24598212 kB\nDirty:              1024 kB\n\
+                    Writeback:            8 kB\nWritebackTmp:         0 kB\n";
+        assert_eq!(parse_dirty_bytes(text), Some((1024 + 8) * 1024));
+        assert_eq!(parse_dirty_bytes("MemTotal: 1 kB\n"), None);
+        assert_eq!(parse_dirty_bytes("Dirty: lots kB\nWriteback: 0 kB\n"), None);
+        #[cfg(target_os = "linux")]
+        assert!(dirty_page_bytes().is_some());
     }
 
     #[test]

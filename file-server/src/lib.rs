@@ -13,6 +13,7 @@
 pub mod backend;
 pub mod crash_sim;
 pub mod error;
+pub mod filesystem_sync_gate;
 pub mod http;
 pub mod lock;
 pub mod partition;

@@ -11,11 +11,13 @@ use std::fs;
 use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
+use std::time::Instant;
 
 use serde::{Deserialize, Serialize};
 
-use crate::backend::{FsDir, StorageDir};
+use crate::backend::{dirty_page_bytes, FsDir, StorageDir};
 use crate::error::{Result, StoreError};
+use crate::filesystem_sync_gate::FilesystemSyncGate;
 use crate::lock::WriterLock;
 use crate::partition::{partition_of, partition_of_prefix};
 use crate::partition_store::{
@@ -163,6 +165,7 @@ pub struct Store {
     partitions: Vec<Option<PartitionStore>>,
     /// See [`StoreOptions::wal_group_sync`].
     group_sync: WalGroupSync,
+    filesystem_sync_gate: FilesystemSyncGate,
     wal_sync: WalSync,
 }
 
@@ -261,6 +264,7 @@ impl Store {
             layout,
             partitions,
             group_sync: options.wal_group_sync,
+            filesystem_sync_gate: FilesystemSyncGate::new(Box::new(dirty_page_bytes)),
             wal_sync: options.wal_sync,
         })
     }
@@ -328,13 +332,27 @@ impl Store {
             .filter_map(|part| Some((part.filesystem()?, part)))
             .collect();
         logs.sort_by_key(|&(filesystem, _)| filesystem);
+        if !self.filesystem_sync_gate.is_open(Instant::now()) {
+            return;
+        }
         for same in logs.chunk_by(|a, b| a.0 == b.0).filter(|same| same.len() > 1) {
             // A log whose write failed has failed as a whole: its waiters get that error.
             let written: Vec<_> = same
                 .iter()
                 .filter_map(|&(_, part)| Some((part, part.write_log_unsynced().ok()?)))
                 .collect();
-            match same[0].1.sync_filesystem() {
+            let started = Instant::now();
+            let synced = same[0].1.sync_filesystem();
+            let now = Instant::now();
+            if let Some(closed_for) = self.filesystem_sync_gate.record(now - started, now) {
+                tracing::warn!(
+                    dir = %self.dir.display(), took_ms = (now - started).as_millis() as u64,
+                    closed_for_s = closed_for.as_secs(),
+                    "a file-system sync of the write-ahead logs was slow (other writers' data \
+                     on the same file system?); syncing each log on its own for a while"
+                );
+            }
+            match synced {
                 Ok(()) => {
                     for (part, point) in written {
                         part.mark_log_synced(point);
