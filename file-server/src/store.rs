@@ -81,9 +81,10 @@ pub enum WalGroupSync {
     /// The logs are written, then one sync of their file system covers them all (Linux
     /// `syncfs`, 5.8 or later): one device flush instead of one per log. Measured on this
     /// project's machine with 8 logs: 0.21 ms a round against 1.0 ms for 8 `fdatasync`s. It
-    /// also waits for whatever else is dirty on that file system, so a data directory that
-    /// shares it with heavy writers may do better with [`WalGroupSync::Sequential`]. Where the
-    /// backend offers no such sync ([`StorageDir::filesystem`]), this is `Sequential`.
+    /// also waits for whatever else is dirty on that file system, so while the machine holds
+    /// much dirty data, and for a while after a slow one, the logs are synced as in
+    /// `Sequential` ([`crate::filesystem_sync_gate`]). Where the backend offers no such sync
+    /// ([`StorageDir::filesystem`]), this is `Sequential`.
     #[default]
     Filesystem,
     /// One `fdatasync` per log, one after another, on the caller's thread.
