@@ -190,6 +190,7 @@ impl Snapshot {
             if node.is_leaf() {
                 return match node.search(key).map_err(|f| self.cell_error(page, f))? {
                     Ok(i) => {
+                        node.prefetch_cell(i);
                         let cell = node.leaf_cell(i).map_err(|f| self.cell_error(page, f))?;
                         Ok(Some(Found { page, cell }))
                     }
