@@ -152,8 +152,8 @@ impl Topology {
         Ok(())
     }
 
-    /// Deletes every queue and exchange of the namespace, messages included (tests and
-    /// `ferry cluster` teardown; never done by a running process).
+    /// Deletes every queue and exchange of the namespace, messages included (the teardown of
+    /// tests and benchmarks; never done by a running process).
     pub async fn delete(&self, channel: &Channel) -> lapin::Result<()> {
         for p in 0..self.partitions {
             channel
