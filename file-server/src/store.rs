@@ -327,15 +327,15 @@ impl Store {
     /// ([`WalGroupSync::Filesystem`]). Best effort: a log it does not cover (alone on its file
     /// system, or the sync failed) is synced by whoever waits for it, as in `Sequential`.
     fn sync_logs_together(&self, partitions: &[u32]) {
+        if !self.filesystem_sync_gate.is_open(Instant::now()) {
+            return;
+        }
         let mut logs: Vec<(u64, &PartitionStore)> = partitions
             .iter()
             .filter_map(|&p| self.partitions[p as usize].as_ref())
             .filter_map(|part| Some((part.filesystem()?, part)))
             .collect();
         logs.sort_by_key(|&(filesystem, _)| filesystem);
-        if !self.filesystem_sync_gate.is_open(Instant::now()) {
-            return;
-        }
         for same in logs.chunk_by(|a, b| a.0 == b.0).filter(|same| same.len() > 1) {
             // A log whose write failed has failed as a whole: its waiters get that error.
             let written: Vec<_> = same
