@@ -21,6 +21,11 @@
 //! costs two context switches per sync, which on two cores measured a sixth of the server's
 //! CPU per write (`BENCHMARKS.md`).
 //!
+//! A caller that appends to several logs on one file system can instead hand each log's
+//! records to the OS ([`WriteAheadLog::write_unsynced`]), make all of them durable with one
+//! sync of the file system, and release their waiters ([`WriteAheadLog::mark_synced`]): one
+//! device flush for all the logs (`crate::store::WalGroupSync::Filesystem`).
+//!
 //! Recovery ([`WriteAheadLog::open`]) replays every record after the B+tree's checkpoint. The
 //! first record that is short, fails its CRC or breaks the LSN sequence ends the log: that is
 //! where a crash tore the tail, and the tail is cut there before anything new is written.
