@@ -170,7 +170,7 @@ impl StorageDir for FsDir {
 /// errors of the file system's files instead of dropping them.
 #[cfg(target_os = "linux")]
 fn syncfs_reports_errors() -> bool {
-    static ANSWER: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    static ANSWER: OnceLock<bool> = OnceLock::new();
     *ANSWER.get_or_init(|| {
         let release = fs::read_to_string("/proc/sys/kernel/osrelease").unwrap_or_default();
         kernel_at_least(&release, (5, 8))

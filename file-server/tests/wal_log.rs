@@ -653,30 +653,45 @@ fn a_callers_group_is_synced_by_its_waiter_and_survives_a_crash_once_acknowledge
     let dir = CrashSimDir::new("/p000");
     let (wal, _, _) = open(&dir, 0, always());
     let synced_before = wal.synced_lsn();
-    wal.begin_group(GroupSync::Caller);
-    wal.append(&put("/a", 1, b"one")).unwrap();
-    let last = wal.append(&put("/a", 2, b"two")).unwrap();
-    wal.end_group(GroupSync::Caller);
+    let last = append_callers_group(&wal, &[b"one", b"two"]);
     // Nothing woke the syncer thread: the records wait for their caller.
     std::thread::sleep(Duration::from_millis(50));
     assert_eq!(wal.synced_lsn(), synced_before, "the syncer synced a caller's group");
     wal.wait(last).unwrap();
     assert!(wal.synced_lsn() > last, "the commit record is synced with the group");
-    let crashed = dir.crash(7);
+    assert_eq!(
+        contents_after_crash(&dir, wal, 7),
+        [b"one", b"two"],
+        "an acknowledged group is durable"
+    );
+}
+
+/// Appends one put of `/a` per item in a [`GroupSync::Caller`] group and ends it; the last
+/// put's LSN.
+fn append_callers_group(wal: &WriteAheadLog, contents: &[&[u8]]) -> u64 {
+    wal.begin_group(GroupSync::Caller);
+    let mut last = 0;
+    for (i, data) in contents.iter().enumerate() {
+        last = wal.append(&put("/a", i as u64 + 1, data)).unwrap();
+    }
+    wal.end_group(GroupSync::Caller);
+    last
+}
+
+/// The contents a recovery replays from `dir` after a simulated power cut (`seed`) while
+/// `wal` was open.
+fn contents_after_crash(dir: &CrashSimDir, wal: WriteAheadLog, seed: u64) -> Vec<Vec<u8>> {
+    let crashed = dir.crash(seed);
     std::mem::forget(wal); // a crash runs no destructors
     let (_, seen, _) = open(&crashed, 0, always());
-    let contents: Vec<&[u8]> = seen.iter().map(|r| r.data.as_slice()).collect();
-    assert_eq!(contents, [b"one".as_slice(), b"two"], "an acknowledged group is durable");
+    seen.into_iter().map(|r| r.data).collect()
 }
 
 #[test]
 fn records_written_unsynced_are_acknowledged_after_a_filesystem_sync_without_a_sync_of_their_own() {
     let dir = CrashSimDir::new("/p000");
     let (wal, _, _) = open(&dir, 0, always());
-    wal.begin_group(GroupSync::Caller);
-    wal.append(&put("/a", 1, b"one")).unwrap();
-    let last = wal.append(&put("/a", 2, b"two")).unwrap();
-    wal.end_group(GroupSync::Caller);
+    let last = append_callers_group(&wal, &[b"one", b"two"]);
     let (syncs, synced) = (dir.sync_count("wal-"), wal.synced_lsn());
     let point = wal.write_unsynced().unwrap();
     assert_eq!(wal.synced_lsn(), synced, "written, not synced");
@@ -686,29 +701,21 @@ fn records_written_unsynced_are_acknowledged_after_a_filesystem_sync_without_a_s
     assert!(wal.synced_lsn() > last, "the commit record is covered too");
     assert_eq!(dir.sync_count("wal-"), syncs, "the log was not synced on its own");
     assert_eq!(dir.filesystem_sync_count(), 1);
-    let crashed = dir.crash(11);
-    std::mem::forget(wal); // a crash runs no destructors
-    let (_, seen, _) = open(&crashed, 0, always());
-    let contents: Vec<&[u8]> = seen.iter().map(|r| r.data.as_slice()).collect();
-    assert_eq!(contents, [b"one".as_slice(), b"two"], "acknowledged after the file-system sync");
+    let contents = contents_after_crash(&dir, wal, 11);
+    assert_eq!(contents, [b"one", b"two"], "acknowledged after the file-system sync");
 }
 
 #[test]
 fn records_written_unsynced_and_never_covered_are_synced_by_their_waiter() {
     let dir = CrashSimDir::new("/p000");
     let (wal, _, _) = open(&dir, 0, always());
-    wal.begin_group(GroupSync::Caller);
-    let last = wal.append(&put("/a", 1, b"one")).unwrap();
-    wal.end_group(GroupSync::Caller);
+    let last = append_callers_group(&wal, &[b"one"]);
     let syncs = dir.sync_count("wal-");
     wal.write_unsynced().unwrap();
     // The file-system sync failed or never ran: no mark_synced.
     wal.wait(last).unwrap();
     assert_eq!(dir.sync_count("wal-"), syncs + 1, "the waiter synced the log itself");
-    let crashed = dir.crash(3);
-    std::mem::forget(wal);
-    let (_, seen, _) = open(&crashed, 0, always());
-    assert_eq!(seen.len(), 1, "acknowledged, so durable");
+    assert_eq!(contents_after_crash(&dir, wal, 3), [b"one"], "acknowledged, so durable");
 }
 
 #[test]
