@@ -18,7 +18,7 @@ use store_bench::data::{self, Batch};
 use store_bench::engine::{dir_bytes, KvEngine};
 use store_bench::table::{self, Baseline, Better, Goal, Row};
 use store_bench::timing::{micros, micros_histogram, p50_p99};
-use store_bench::{ferry, lmdb, memory_floor, redb_peer, sqlite};
+use store_bench::{ferry, lmdb, redb_peer, sqlite};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
 enum Workload {
@@ -340,7 +340,7 @@ fn small_files(args: &Args, base: &Path, rows: &mut Vec<Row>) -> anyhow::Result<
                 value: keys.len() as f64 / elapsed.as_secs_f64(),
                 unit: "reads/s",
                 better: Better::Higher,
-                baseline: if cached { Baseline::MemoryFloor } else { Baseline::Lmdb },
+                baseline: if cached { Baseline::None } else { Baseline::Lmdb },
                 note: if cached {
                     "Store::get, moka cache warm (every file read once first)".into()
                 } else {
@@ -356,28 +356,6 @@ fn small_files(args: &Args, base: &Path, rows: &mut Vec<Row>) -> anyhow::Result<
                     _ => None,
                 },
             });
-            if cached {
-                let bytes =
-                    args.files as usize * (args.small_size + memory_floor::OVERHEAD_PER_FILE);
-                let floor = (0..3)
-                    .map(|seed| memory_floor::two_dependent_reads_per_s(bytes, keys.len(), seed))
-                    .fold(0.0, f64::max);
-                rows.push(Row {
-                    workload: format!("{read_label}, cache on"),
-                    engine: memory_floor::NAME,
-                    is_peer: false,
-                    value: floor,
-                    unit: "reads/s",
-                    better: Better::Higher,
-                    baseline: Baseline::None,
-                    note: format!(
-                        "pointer chase over {} MiB ({} B per file), best of 3",
-                        bytes >> 20,
-                        args.small_size + memory_floor::OVERHEAD_PER_FILE
-                    ),
-                    goal: None,
-                });
-            }
         }
         if args.wants(Workload::Scan) {
             for (label, prefix, expected, passes) in [

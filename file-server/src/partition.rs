@@ -11,12 +11,14 @@ const FNV_OFFSET: u64 = 0xcbf2_9ce4_8422_2325;
 const FNV_PRIME: u64 = 0x0000_0100_0000_01b3;
 
 /// FNV-1a, 64-bit.
-pub fn fnv1a64(bytes: &[u8]) -> u64 {
+#[cfg(test)]
+fn fnv1a64(bytes: &[u8]) -> u64 {
     bytes.iter().fold(FNV_OFFSET, |hash, &b| (hash ^ u64::from(b)).wrapping_mul(FNV_PRIME))
 }
 
 /// The part of `path` that decides its partition: its first `depth` segments.
-pub fn partition_key(path: &FilePath, depth: u32) -> &str {
+#[cfg(test)]
+fn partition_key(path: &FilePath, depth: u32) -> &str {
     let s = path.as_str();
     let mut seen = 0u32;
     for (i, b) in s.bytes().enumerate().skip(1) {
@@ -30,10 +32,24 @@ pub fn partition_key(path: &FilePath, depth: u32) -> &str {
     s
 }
 
-/// The partition (in `0..count`) that holds `path`.
+/// The partition (in `0..count`) that holds `path`: `fnv1a64(partition_key(path))`, in the
+/// one pass over the bytes that every cached read makes.
 pub fn partition_of(path: &FilePath, depth: u32, count: u32) -> u32 {
     assert!(count > 0, "a store has at least one partition");
-    (fnv1a64(partition_key(path, depth).as_bytes()) % u64::from(count)) as u32
+    let bytes = path.as_str().as_bytes();
+    // The first byte is the root's `/`, which no segment count includes.
+    let mut hash = (FNV_OFFSET ^ u64::from(b'/')).wrapping_mul(FNV_PRIME);
+    let mut seen = 0u32;
+    for &b in bytes.get(1..).unwrap_or_default() {
+        if b == b'/' {
+            seen += 1;
+            if seen == depth {
+                break;
+            }
+        }
+        hash = (hash ^ u64::from(b)).wrapping_mul(FNV_PRIME);
+    }
+    (hash % u64::from(count)) as u32
 }
 
 /// The partition key every path under `prefix` has, if the prefix fixes one: its first
@@ -75,6 +91,19 @@ mod tests {
         assert_eq!(fnv1a64(b""), 0xcbf2_9ce4_8422_2325);
         assert_eq!(fnv1a64(b"a"), 0xaf63_dc4c_8601_ec8c);
         assert_eq!(fnv1a64(b"foobar"), 0x8594_4171_f739_67e8);
+    }
+
+    #[test]
+    fn the_one_pass_partition_is_the_hash_of_the_key() {
+        for path in ["/home/alice/x.txt", "/home/alice", "/readme", "/a/b/c/d", "/h\u{e9}/b/c"] {
+            for depth in 0..4 {
+                let key = fnv1a64(partition_key(&p(path), depth).as_bytes());
+                for count in [1, 2, 16, 1000] {
+                    let want = (key % u64::from(count)) as u32;
+                    assert_eq!(partition_of(&p(path), depth, count), want, "{path} {depth}");
+                }
+            }
+        }
     }
 
     #[test]

@@ -5,7 +5,6 @@ pub mod data;
 pub mod engine;
 pub mod ferry;
 pub mod lmdb;
-pub mod memory_floor;
 pub mod redb_peer;
 pub mod sqlite;
 pub mod table;

@@ -16,8 +16,6 @@ pub enum Baseline {
     BestPeer,
     /// LMDB's row.
     Lmdb,
-    /// The memory floor's row ([`super::memory_floor`]).
-    MemoryFloor,
     /// No ratio (reference measurements).
     None,
 }
@@ -52,9 +50,6 @@ impl Row {
             Baseline::None => None,
             Baseline::Lmdb => {
                 same.filter(|r| r.engine == super::lmdb::NAME).map(|r| r.value).next()
-            }
-            Baseline::MemoryFloor => {
-                same.filter(|r| r.engine == super::memory_floor::NAME).map(|r| r.value).next()
             }
             Baseline::BestPeer => {
                 let peers = same.filter(|r| r.is_peer).map(|r| r.value);
@@ -136,7 +131,6 @@ pub fn markdown(rows: &[Row]) -> String {
             Baseline::BestPeer if row.better == Better::Higher => "best peer (higher is better)",
             Baseline::BestPeer => "smallest peer (lower is better)",
             Baseline::Lmdb => "LMDB",
-            Baseline::MemoryFloor => "memory floor",
             Baseline::None => "-",
         };
         let _ = writeln!(
