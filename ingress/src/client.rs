@@ -13,11 +13,13 @@ use std::sync::{Arc, Mutex, OnceLock, PoisonError};
 
 use futures_util::{SinkExt, StreamExt};
 use serde_json::{json, Value};
+use tokio::net::TcpStream;
 use tokio::sync::{mpsc, oneshot};
 use tokio_tungstenite::tungstenite::client::IntoClientRequest;
 use tokio_tungstenite::tungstenite::http::HeaderValue;
 use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
 use tokio_tungstenite::tungstenite::{self, Message};
+use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
 
 /// Events (and unmatched answers) buffered before the client stops reading the socket.
 const INCOMING_BUFFER: usize = 4096;
@@ -89,6 +91,45 @@ pub struct Event {
     pub raw: Value,
 }
 
+/// A WebSocket connection to a Ferry server, handshake done.
+pub type Socket = WebSocketStream<MaybeTlsStream<TcpStream>>;
+
+/// Opens a WebSocket to `options.url` with the token and origin headers: what [`Client`] runs
+/// on, for a caller that drives the socket itself (the load generator's connections).
+pub async fn open_socket(options: &ConnectOptions) -> Result<Socket, ClientError> {
+    let url = options.url.clone();
+    let bad = |message: String| ClientError::BadRequest { url: url.clone(), message };
+    let mut request = url.as_str().into_client_request().map_err(|e| bad(e.to_string()))?;
+    if let Some(token) = &options.token {
+        let value =
+            HeaderValue::from_str(&format!("Bearer {token}")).map_err(|e| bad(e.to_string()))?;
+        request.headers_mut().insert("authorization", value);
+    }
+    if let Some(origin) = &options.origin {
+        let value = HeaderValue::from_str(origin).map_err(|e| bad(e.to_string()))?;
+        request.headers_mut().insert("origin", value);
+    }
+    let mut config = WebSocketConfig::default().read_buffer_size(READ_BUFFER_BYTES);
+    if let Some(max) = options.max_message_bytes {
+        config = config.max_message_size(Some(max)).max_frame_size(Some(max));
+    }
+    let (socket, _) = tokio_tungstenite::connect_async_with_config(request, Some(config), true)
+        .await
+        .map_err(|e| match e {
+            tungstenite::Error::Http(response) => ClientError::Refused {
+                url: url.clone(),
+                status: response.status().as_u16(),
+                body: response
+                    .body()
+                    .as_ref()
+                    .map(|b| String::from_utf8_lossy(b).trim().to_owned())
+                    .unwrap_or_default(),
+            },
+            source => ClientError::Connect { url: url.clone(), source },
+        })?;
+    Ok(socket)
+}
+
 /// Requests waiting for their answers; `None` once the connection has ended.
 type Pending = Arc<Mutex<Option<HashMap<u64, oneshot::Sender<Value>>>>>;
 
@@ -115,36 +156,7 @@ impl Client {
     }
 
     pub async fn connect_with(options: &ConnectOptions) -> Result<Client, ClientError> {
-        let url = options.url.clone();
-        let bad = |message: String| ClientError::BadRequest { url: url.clone(), message };
-        let mut request = url.as_str().into_client_request().map_err(|e| bad(e.to_string()))?;
-        if let Some(token) = &options.token {
-            let value = HeaderValue::from_str(&format!("Bearer {token}"))
-                .map_err(|e| bad(e.to_string()))?;
-            request.headers_mut().insert("authorization", value);
-        }
-        if let Some(origin) = &options.origin {
-            let value = HeaderValue::from_str(origin).map_err(|e| bad(e.to_string()))?;
-            request.headers_mut().insert("origin", value);
-        }
-        let mut config = WebSocketConfig::default().read_buffer_size(READ_BUFFER_BYTES);
-        if let Some(max) = options.max_message_bytes {
-            config = config.max_message_size(Some(max)).max_frame_size(Some(max));
-        }
-        let (socket, _) = tokio_tungstenite::connect_async_with_config(request, Some(config), true)
-            .await
-            .map_err(|e| match e {
-                tungstenite::Error::Http(response) => ClientError::Refused {
-                    url: url.clone(),
-                    status: response.status().as_u16(),
-                    body: response
-                        .body()
-                        .as_ref()
-                        .map(|b| String::from_utf8_lossy(b).trim().to_owned())
-                        .unwrap_or_default(),
-                },
-                source => ClientError::Connect { url: url.clone(), source },
-            })?;
+        let socket = open_socket(options).await?;
         let (mut sink, mut stream) = socket.split();
         let (out, mut out_rx) = mpsc::unbounded_channel::<Message>();
         tokio::spawn(async move {

@@ -17,18 +17,18 @@ use std::collections::{BTreeMap, HashMap, HashSet};
 use std::future::Future;
 use std::pin::pin;
 use std::sync::{Arc, Mutex, PoisonError};
-use std::task::Poll;
 use std::time::{Duration, Instant};
 
 use anyhow::Context;
 use futures_util::StreamExt;
 use hdrhistogram::Histogram;
 use serde::Serialize;
-use serde_json::{json, Value};
+use serde_json::json;
 use tokio::sync::{mpsc, watch};
 
-use ferry_ingress::client::{Client, ClientError, Event};
+use ferry_ingress::client::{Client, ClientError};
 
+use super::connection::{Frame, LoadConnection};
 use super::timeline::{LoadSecond, Timeline};
 use super::verify::{self, Acked, FileCheck, ReadBack, RevisionSequence, StreamCheck, WriteOp};
 
@@ -328,15 +328,15 @@ struct ConnectionOutcome {
     lost: Option<String>,
 }
 
-/// A connection ready for the load: its client and the files it watches (with their
+/// A connection ready for the load: its socket and the files it watches (with their
 /// revision when subscribed).
 struct Ready {
     index: usize,
-    client: Client,
+    connection: LoadConnection,
     watched: Vec<(usize, RevisionSequence)>,
 }
 
-fn describe(error: &ClientError) -> String {
+pub(super) fn describe(error: &ClientError) -> String {
     match error {
         ClientError::Refused { status: 503, .. } => {
             "HTTP 503 (the server is at ingress.max_connections, or stopping)".to_owned()
@@ -350,15 +350,14 @@ fn describe(error: &ClientError) -> String {
 
 async fn open(plan: &Plan, index: usize) -> Result<Ready, String> {
     let setup = async {
-        let client = Client::connect(plan.url_for(index), plan.token.as_deref())
-            .await
-            .map_err(|e| describe(&e))?;
+        let mut connection =
+            LoadConnection::open(plan.url_for(index), plan.token.as_deref()).await?;
         let mut watched = Vec::new();
         for file in plan.watched_by(index) {
-            let base = client.sub(&plan.path(file), None).await.map_err(|e| describe(&e))?;
+            let base = connection.sub(&plan.path(file)).await?;
             watched.push((file, RevisionSequence::new(base)));
         }
-        Ok(Ready { index, client, watched })
+        Ok(Ready { index, connection, watched })
     };
     tokio::time::timeout(plan.connect_timeout, setup)
         .await
@@ -574,33 +573,6 @@ async fn read_back(
         .await
 }
 
-/// An event or an answer to one of the connection's writes.
-enum Incoming {
-    Event(Event),
-    Answer(Value),
-    Closed,
-}
-
-/// The next event or answer, alternating which is looked at first so that neither starves.
-async fn next_incoming(client: &mut Client, events_first: &mut bool) -> Incoming {
-    *events_first = !*events_first;
-    let events_first = *events_first;
-    std::future::poll_fn(|cx| {
-        // Fresh futures each poll: both receivers are cancel-safe and keep the waker.
-        for turn in 0..2 {
-            if (turn == 0) == events_first {
-                if let Poll::Ready(event) = pin!(client.next_event()).poll(cx) {
-                    return Poll::Ready(event.map_or(Incoming::Closed, Incoming::Event));
-                }
-            } else if let Poll::Ready(answer) = pin!(client.next_unmatched()).poll(cx) {
-                return Poll::Ready(answer.map_or(Incoming::Closed, Incoming::Answer));
-            }
-        }
-        Poll::Pending
-    })
-    .await
-}
-
 /// A write sent and not yet answered.
 #[derive(Debug)]
 struct InFlight {
@@ -672,7 +644,7 @@ async fn drive(
     done_tx: mpsc::UnboundedSender<WritesDone>,
     mut finals_rx: watch::Receiver<Option<Arc<Vec<ReadBack>>>>,
 ) -> ConnectionOutcome {
-    let Ready { index, mut client, mut watched } = ready;
+    let Ready { index, mut connection, mut watched } = ready;
     let plan = &run.plan;
     let watch_slot: HashMap<&str, usize> = watched
         .iter()
@@ -705,8 +677,10 @@ async fn drive(
     let mut writes_reported = false;
     let mut finals: Option<Arc<Vec<ReadBack>>> = None;
     let mut catch_up_deadline = drain_deadline + plan.drain_timeout;
-    let mut events_first = false;
     let op = plan.op.name();
+    // One timer, moved when its deadline does: a fresh one each turn of the loop (a frame
+    // received) registered and cleared a timer entry every time.
+    let mut timer = pin!(tokio::time::sleep_until(drain_deadline.into()));
 
     loop {
         let now = Instant::now();
@@ -763,76 +737,85 @@ async fn drive(
         let can_send = !writes_reported && !closed && in_flight.len() < plan.max_in_flight;
         let send_at = next_due.filter(|_| can_send).map(|(_, at)| at);
         let wake_at = if writes_reported { catch_up_deadline } else { drain_deadline };
+        let deadline = send_at.unwrap_or(wake_at);
+        if timer.deadline() != deadline.into() {
+            timer.as_mut().reset(deadline.into());
+        }
         tokio::select! {
-            incoming = next_incoming(&mut client, &mut events_first), if !closed => {
+            text = connection.next(), if !closed => {
                 let now = Instant::now();
-                match incoming {
-                    Incoming::Event(event) => {
-                        outcome.events += 1;
-                        if run.in_window(now) {
-                            outcome.events_in_window += 1;
-                        }
-                        match (event.kind.as_str(), watch_slot.get(event.path.as_str())) {
-                            ("change", Some(&slot)) => {
-                                watched[slot].1.observe(event.rev);
-                                match event.raw["content"].as_str().and_then(verify::parse_header) {
-                                    Some((_, ts_us)) => {
-                                        let due = run.t0 + Duration::from_micros(ts_us);
-                                        if run.in_window(due) {
-                                            fanout_samples.push(micros(now, due));
-                                        }
+                let Some(text) = text else {
+                    outcome.lost = Some(connection.lost());
+                    continue;
+                };
+                let Some(frame) = Frame::parse(text.as_str()) else {
+                    outcome.stray_events += 1;
+                    continue;
+                };
+                if let Some(kind) = &frame.event {
+                    outcome.events += 1;
+                    if run.in_window(now) {
+                        outcome.events_in_window += 1;
+                    }
+                    let slot = frame.path.as_deref().and_then(|path| watch_slot.get(path));
+                    match (kind.as_ref(), slot) {
+                        ("change", Some(&slot)) => {
+                            watched[slot].1.observe(frame.rev.unwrap_or(0));
+                            match frame.content.as_deref().and_then(verify::parse_header) {
+                                Some((_, ts_us)) => {
+                                    let due = run.t0 + Duration::from_micros(ts_us);
+                                    if run.in_window(due) {
+                                        fanout_samples.push(micros(now, due));
                                     }
-                                    None => outcome.stray_events += 1,
                                 }
-                            }
-                            ("snapshot", Some(_)) => outcome.snapshots += 1,
-                            _ => outcome.stray_events += 1,
-                        }
-                    }
-                    Incoming::Answer(answer) => {
-                        let write = match in_flight.answer(answer["id"].as_u64()) {
-                            Answered::Write(write) => write,
-                            Answered::Late => {
-                                outcome.answered_late += 1;
-                                continue;
-                            }
-                            Answered::Unknown => {
-                                *outcome.errors.entry("unmatched_answer".to_owned()).or_insert(0) += 1;
-                                continue;
-                            }
-                        };
-                        match (answer["ok"].as_bool(), answer["rev"].as_u64()) {
-                            (Some(true), Some(rev)) => {
-                                let ts_us = micros(write.due, run.t0);
-                                acked[write.slot].push(Acked { rev, seq: write.seq, ts_us });
-                                run.timeline.record(ts_us, micros(now, write.due));
-                                outcome.acked += 1;
-                                if run.in_window(now) {
-                                    outcome.acked_in_window += 1;
-                                }
-                                if run.in_window(write.due) {
-                                    ack_samples.push(micros(now, write.due));
-                                }
-                            }
-                            _ => {
-                                let code = answer["error"]["code"].as_str().unwrap_or("malformed_answer");
-                                if matches!(code, "unavailable" | "internal") {
-                                    uncertain[write.slot] += 1;
-                                }
-                                *outcome.errors.entry(code.to_owned()).or_insert(0) += 1;
+                                None => outcome.stray_events += 1,
                             }
                         }
+                        ("snapshot", Some(_)) => outcome.snapshots += 1,
+                        _ => outcome.stray_events += 1,
                     }
-                    Incoming::Closed => {
-                        outcome.lost = Some(match client.close_info() {
-                            Some(close) => format!("closed {} {}", close.code, close.reason),
-                            None => "connection lost".to_owned(),
-                        });
+                    continue;
+                }
+                let write = match in_flight.answer(frame.id) {
+                    Answered::Write(write) => write,
+                    Answered::Late => {
+                        outcome.answered_late += 1;
+                        continue;
+                    }
+                    Answered::Unknown => {
+                        *outcome.errors.entry("unmatched_answer".to_owned()).or_insert(0) += 1;
+                        continue;
+                    }
+                };
+                match (frame.ok, frame.rev) {
+                    (Some(true), Some(rev)) => {
+                        let ts_us = micros(write.due, run.t0);
+                        acked[write.slot].push(Acked { rev, seq: write.seq, ts_us });
+                        run.timeline.record(ts_us, micros(now, write.due));
+                        outcome.acked += 1;
+                        if run.in_window(now) {
+                            outcome.acked_in_window += 1;
+                        }
+                        if run.in_window(write.due) {
+                            ack_samples.push(micros(now, write.due));
+                        }
+                    }
+                    _ => {
+                        let code = frame.error.as_ref().map_or("malformed_answer", |e| &e.code);
+                        if matches!(code, "unavailable" | "internal") {
+                            uncertain[write.slot] += 1;
+                        }
+                        *outcome.errors.entry(code.to_owned()).or_insert(0) += 1;
                     }
                 }
             }
-            _ = tokio::time::sleep_until(send_at.unwrap_or(wake_at).into()), if send_at.is_some() => {
+            () = &mut timer => {
+                if send_at.is_none() {
+                    // The drain or catch-up deadline: the top of the loop acts on it.
+                    continue;
+                }
                 let now = Instant::now();
+                let mut frames = Vec::new();
                 while let Some((k, due_at)) = next_due.filter(|(_, at)| *at <= now) {
                     if in_flight.len() >= plan.max_in_flight || (closed_loop && now >= run.end) {
                         break;
@@ -842,10 +825,7 @@ async fn drive(
                     let id = (1u64 << 40) + next_write;
                     let text = verify::content(k, micros(at, run.t0), plan.size);
                     let path = &run.paths[written[slot]];
-                    let frame = format!(r#"{{"op":"{op}","id":{id},"path":"{path}","content":"{text}"}}"#);
-                    if client.send_text(frame).is_err() {
-                        break;
-                    }
+                    frames.push(format!(r#"{{"op":"{op}","id":{id},"path":"{path}","content":"{text}"}}"#));
                     in_flight.sent(id, InFlight { slot, seq: k, due: at });
                     outcome.sent += 1;
                     if run.in_window(at) {
@@ -854,6 +834,9 @@ async fn drive(
                     next_write += 1;
                     next_due = Some(due(next_write)).filter(|(_, at)| *at < run.end);
                 }
+                // A write that could not be handed to the socket stays in flight, unanswered:
+                // its connection is lost, which the next read reports.
+                let _ = connection.send(frames).await;
             }
             changed = finals_rx.changed(), if writes_reported && finals.is_none() => {
                 if changed.is_err() {
@@ -861,10 +844,9 @@ async fn drive(
                     break;
                 }
             }
-            _ = tokio::time::sleep_until(wake_at.into()) => {}
         }
     }
-    client.close();
+    connection.close().await;
     outcome
 }
 

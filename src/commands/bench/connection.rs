@@ -1,0 +1,167 @@
+//! A load connection: one WebSocket driven by the one task that uses it, its frames parsed into
+//! the few fields the bench reads.
+//!
+//! Why not the library's `Client`: it runs a reader and a writer task per connection, hands
+//! every frame through a channel and parses it into a `serde_json::Value`. The generator shares
+//! the machine with the server it measures; at the peak preset (10,000 connections) this
+//! connection spends about a fifth less of the generator's CPU (`BENCHMARKS.md`).
+
+use std::borrow::Cow;
+use std::collections::VecDeque;
+use std::time::Duration;
+
+use futures_util::{SinkExt, StreamExt};
+use serde::Deserialize;
+use tokio_tungstenite::tungstenite::{Message, Utf8Bytes};
+
+use ferry_ingress::client::{open_socket, CloseInfo, ConnectOptions, Socket};
+
+/// How long closing may wait for the socket at the end of a run.
+const CLOSE_TIMEOUT: Duration = Duration::from_secs(1);
+
+/// What the bench reads of an answer or an event; other fields are skipped unread.
+#[derive(Debug, Deserialize)]
+pub struct Frame<'a> {
+    /// Answers: the request's id.
+    pub id: Option<u64>,
+    pub ok: Option<bool>,
+    pub rev: Option<u64>,
+    #[serde(borrow)]
+    pub error: Option<ErrorBody<'a>>,
+    /// Events: `change` or `snapshot`.
+    #[serde(borrow)]
+    pub event: Option<Cow<'a, str>>,
+    #[serde(borrow)]
+    pub path: Option<Cow<'a, str>>,
+    #[serde(borrow)]
+    pub content: Option<Cow<'a, str>>,
+}
+
+#[derive(Debug, Deserialize)]
+pub struct ErrorBody<'a> {
+    #[serde(borrow)]
+    pub code: Cow<'a, str>,
+}
+
+impl<'a> Frame<'a> {
+    pub fn parse(text: &'a str) -> Option<Frame<'a>> {
+        serde_json::from_str(text).ok()
+    }
+}
+
+pub struct LoadConnection {
+    socket: Socket,
+    /// Frames that arrived while a subscription waited for its answer, read before the socket.
+    early: VecDeque<Utf8Bytes>,
+    close: Option<CloseInfo>,
+    next_id: u64,
+}
+
+impl LoadConnection {
+    /// Opens a connection; the error says why not, as the bench reports it.
+    pub async fn open(url: &str, token: Option<&str>) -> Result<LoadConnection, String> {
+        let options = ConnectOptions {
+            url: url.to_owned(),
+            token: token.map(str::to_owned),
+            ..ConnectOptions::default()
+        };
+        let socket = open_socket(&options).await.map_err(|e| super::load::describe(&e))?;
+        Ok(LoadConnection { socket, early: VecDeque::new(), close: None, next_id: 1 })
+    }
+
+    /// Watches `path`; its revision when subscribed.
+    pub async fn sub(&mut self, path: &str) -> Result<u64, String> {
+        let id = self.next_id;
+        self.next_id += 1;
+        let path = serde_json::to_string(path).map_err(|e| e.to_string())?;
+        self.send([format!(r#"{{"op":"sub","id":{id},"path":{path}}}"#)]).await?;
+        loop {
+            let Some(text) = self.read_socket().await else {
+                return Err(self.lost());
+            };
+            match Frame::parse(text.as_str()) {
+                Some(Frame { id: Some(got), ok, rev, error, event: None, .. }) if got == id => {
+                    return match (ok, rev, error) {
+                        (Some(true), Some(rev), _) => Ok(rev),
+                        (_, _, Some(error)) => Err(format!("error answer {}", error.code)),
+                        _ => Err(format!("unexpected answer {text}")),
+                    };
+                }
+                _ => self.early.push_back(text),
+            }
+        }
+    }
+
+    /// Sends `frames` in one write to the socket.
+    pub async fn send(&mut self, frames: impl IntoIterator<Item = String>) -> Result<(), String> {
+        for frame in frames {
+            self.socket.feed(Message::text(frame)).await.map_err(|e| e.to_string())?;
+        }
+        self.socket.flush().await.map_err(|e| e.to_string())
+    }
+
+    /// The next text frame; `None` once the connection is closed ([`LoadConnection::lost`]
+    /// says how). Cancel-safe.
+    pub async fn next(&mut self) -> Option<Utf8Bytes> {
+        match self.early.pop_front() {
+            Some(text) => Some(text),
+            None => self.read_socket().await,
+        }
+    }
+
+    async fn read_socket(&mut self) -> Option<Utf8Bytes> {
+        // Reading on after the close frame completes the close handshake; pings are answered
+        // by tungstenite as it reads.
+        while let Some(Ok(message)) = self.socket.next().await {
+            match message {
+                Message::Text(text) => return Some(text),
+                Message::Close(Some(frame)) => {
+                    self.close = Some(CloseInfo {
+                        code: frame.code.into(),
+                        reason: frame.reason.as_str().to_owned(),
+                    })
+                }
+                _ => {}
+            }
+        }
+        None
+    }
+
+    /// How the connection ended: the server's close frame, if it sent one.
+    pub fn lost(&self) -> String {
+        match &self.close {
+            Some(close) => format!("closed {} {}", close.code, close.reason),
+            None => "connection lost".to_owned(),
+        }
+    }
+
+    /// Sends a normal close frame, without waiting long for a socket that does not take it.
+    pub async fn close(mut self) {
+        let _ = tokio::time::timeout(CLOSE_TIMEOUT, self.socket.close(None)).await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn answers_and_events_are_read_with_or_without_escapes() {
+        let answer = Frame::parse(r#"{"id":7,"ok":true,"rev":3,"extra":[1,{"a":2}]}"#).unwrap();
+        assert_eq!((answer.id, answer.ok, answer.rev), (Some(7), Some(true), Some(3)));
+        assert!(answer.event.is_none());
+        let refused =
+            Frame::parse(r#"{"id":8,"ok":false,"error":{"code":"busy","message":"m"}}"#).unwrap();
+        assert_eq!(refused.error.unwrap().code, "busy");
+        let event = Frame::parse(
+            r#"{"event":"change","path":"/a/b","rev":9,"op":"put","content":"x\"y\u00e9","ts":1}"#,
+        )
+        .unwrap();
+        assert_eq!(event.event.as_deref(), Some("change"));
+        assert_eq!(event.path.as_deref(), Some("/a/b"));
+        assert_eq!(event.content.as_deref(), Some("x\"y\u{e9}"));
+        assert_eq!(event.rev, Some(9));
+        assert!(Frame::parse("not json").is_none());
+        assert!(Frame::parse(r#"{"id":"seven"}"#).is_none(), "a mistyped field is no frame");
+    }
+}
