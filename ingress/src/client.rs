@@ -92,11 +92,11 @@ pub struct Event {
 }
 
 /// A WebSocket connection to a Ferry server, handshake done.
-pub type Socket = WebSocketStream<MaybeTlsStream<TcpStream>>;
+pub(crate) type Socket = WebSocketStream<MaybeTlsStream<TcpStream>>;
 
-/// Opens a WebSocket to `options.url` with the token and origin headers: what [`Client`] runs
-/// on, for a caller that drives the socket itself (the load generator's connections).
-pub async fn open_socket(options: &ConnectOptions) -> Result<Socket, ClientError> {
+/// Opens a WebSocket to `options.url` with the token and origin headers: what [`Client`] and
+/// [`crate::direct_client::DirectConnection`] run on.
+pub(crate) async fn open_socket(options: &ConnectOptions) -> Result<Socket, ClientError> {
     let url = options.url.clone();
     let bad = |message: String| ClientError::BadRequest { url: url.clone(), message };
     let mut request = url.as_str().into_client_request().map_err(|e| bad(e.to_string()))?;

@@ -9,7 +9,8 @@
 //! its connections. It knows nothing of the store or of which queue and bus it is given: the
 //! in-process ones of `ferry serve` or RabbitMQ and Redis.
 //!
-//! [`client`] is the Rust client used by `ferry client`, the tests and the bench.
+//! [`client`] is the Rust client used by `ferry client` and the tests; [`direct_client`] is a
+//! leaner one for a load generator (`ferry bench`): one task drives each connection.
 //!
 //! What a client meets at the edge, besides the answers of `docs/PROTOCOL.md`:
 //!
@@ -35,6 +36,7 @@
 
 pub mod auth;
 pub mod client;
+pub mod direct_client;
 mod outbox;
 pub mod placement;
 mod rate;

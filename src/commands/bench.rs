@@ -6,7 +6,6 @@
 //! Exit status: 0 when verification passed and every goal was met, 1 when verification failed
 //! (or the run could not be made), 2 when verification passed but a goal was missed.
 
-mod connection;
 mod load;
 mod server;
 mod timeline;

@@ -26,9 +26,9 @@ use serde::Serialize;
 use serde_json::json;
 use tokio::sync::{mpsc, watch};
 
-use ferry_ingress::client::{Client, ClientError};
+use ferry_ingress::client::{Client, ClientError, ConnectOptions};
+use ferry_ingress::direct_client::{DirectConnection, Frame};
 
-use super::connection::{Frame, LoadConnection};
 use super::timeline::{LoadSecond, Timeline};
 use super::verify::{self, Acked, FileCheck, ReadBack, RevisionSequence, StreamCheck, WriteOp};
 
@@ -332,11 +332,11 @@ struct ConnectionOutcome {
 /// revision when subscribed).
 struct Ready {
     index: usize,
-    connection: LoadConnection,
+    connection: DirectConnection,
     watched: Vec<(usize, RevisionSequence)>,
 }
 
-pub(super) fn describe(error: &ClientError) -> String {
+fn describe(error: &ClientError) -> String {
     match error {
         ClientError::Refused { status: 503, .. } => {
             "HTTP 503 (the server is at ingress.max_connections, or stopping)".to_owned()
@@ -350,11 +350,15 @@ pub(super) fn describe(error: &ClientError) -> String {
 
 async fn open(plan: &Plan, index: usize) -> Result<Ready, String> {
     let setup = async {
-        let mut connection =
-            LoadConnection::open(plan.url_for(index), plan.token.as_deref()).await?;
+        let options = ConnectOptions {
+            url: plan.url_for(index).to_owned(),
+            token: plan.token.clone(),
+            ..ConnectOptions::default()
+        };
+        let mut connection = DirectConnection::open(&options).await.map_err(|e| describe(&e))?;
         let mut watched = Vec::new();
         for file in plan.watched_by(index) {
-            let base = connection.sub(&plan.path(file)).await?;
+            let base = connection.sub(&plan.path(file)).await.map_err(|e| describe(&e))?;
             watched.push((file, RevisionSequence::new(base)));
         }
         Ok(Ready { index, connection, watched })
@@ -745,7 +749,10 @@ async fn drive(
             text = connection.next(), if !closed => {
                 let now = Instant::now();
                 let Some(text) = text else {
-                    outcome.lost = Some(connection.lost());
+                    outcome.lost = Some(match connection.close_info() {
+                        Some(close) => format!("closed {} {}", close.code, close.reason),
+                        None => "connection lost".to_owned(),
+                    });
                     continue;
                 };
                 let Some(frame) = Frame::parse(text.as_str()) else {

@@ -1,10 +1,10 @@
-//! A load connection: one WebSocket driven by the one task that uses it, its frames parsed into
-//! the few fields the bench reads.
+//! A client connection driven by the one task that uses it, its frames read into the few
+//! fields a load generator checks: what `ferry bench` runs each of its connections on.
 //!
-//! Why not the library's `Client`: it runs a reader and a writer task per connection, hands
-//! every frame through a channel and parses it into a `serde_json::Value`. The generator shares
-//! the machine with the server it measures; at the peak preset (10,000 connections) this
-//! connection spends about a fifth less of the generator's CPU (`BENCHMARKS.md`).
+//! Why not [`crate::client::Client`]: it runs a reader and a writer task per connection, hands
+//! every frame through a channel and parses it into a `serde_json::Value`. A load generator
+//! shares the machine with the server it measures; at the peak preset (10,000 connections)
+//! this connection spends about a fifth less of the generator's CPU (`BENCHMARKS.md`).
 
 use std::borrow::Cow;
 use std::collections::VecDeque;
@@ -14,12 +14,12 @@ use futures_util::{SinkExt, StreamExt};
 use serde::Deserialize;
 use tokio_tungstenite::tungstenite::{Message, Utf8Bytes};
 
-use ferry_ingress::client::{open_socket, CloseInfo, ConnectOptions, Socket};
+use crate::client::{open_socket, ClientError, CloseInfo, ConnectOptions, Socket};
 
 /// How long closing may wait for the socket at the end of a run.
 const CLOSE_TIMEOUT: Duration = Duration::from_secs(1);
 
-/// What the bench reads of an answer or an event; other fields are skipped unread.
+/// What a load generator reads of an answer or an event; other fields are skipped unread.
 #[derive(Debug, Deserialize)]
 pub struct Frame<'a> {
     /// Answers: the request's id.
@@ -41,6 +41,8 @@ pub struct Frame<'a> {
 pub struct ErrorBody<'a> {
     #[serde(borrow)]
     pub code: Cow<'a, str>,
+    #[serde(borrow, default)]
+    pub message: Cow<'a, str>,
 }
 
 impl<'a> Frame<'a> {
@@ -49,7 +51,7 @@ impl<'a> Frame<'a> {
     }
 }
 
-pub struct LoadConnection {
+pub struct DirectConnection {
     socket: Socket,
     /// Frames that arrived while a subscription waited for its answer, read before the socket.
     early: VecDeque<Utf8Bytes>,
@@ -57,34 +59,36 @@ pub struct LoadConnection {
     next_id: u64,
 }
 
-impl LoadConnection {
-    /// Opens a connection; the error says why not, as the bench reports it.
-    pub async fn open(url: &str, token: Option<&str>) -> Result<LoadConnection, String> {
-        let options = ConnectOptions {
-            url: url.to_owned(),
-            token: token.map(str::to_owned),
-            ..ConnectOptions::default()
-        };
-        let socket = open_socket(&options).await.map_err(|e| super::load::describe(&e))?;
-        Ok(LoadConnection { socket, early: VecDeque::new(), close: None, next_id: 1 })
+impl DirectConnection {
+    pub async fn open(options: &ConnectOptions) -> Result<DirectConnection, ClientError> {
+        let socket = open_socket(options).await?;
+        Ok(DirectConnection { socket, early: VecDeque::new(), close: None, next_id: 1 })
     }
 
-    /// Watches `path`; its revision when subscribed.
-    pub async fn sub(&mut self, path: &str) -> Result<u64, String> {
+    /// Watches `path`; its revision when subscribed. Events that arrive meanwhile wait for
+    /// [`DirectConnection::next`]. Ids from 1 up are this method's.
+    pub async fn sub(&mut self, path: &str) -> Result<u64, ClientError> {
         let id = self.next_id;
         self.next_id += 1;
-        let path = serde_json::to_string(path).map_err(|e| e.to_string())?;
-        self.send([format!(r#"{{"op":"sub","id":{id},"path":{path}}}"#)]).await?;
+        let request = serde_json::json!({"op": "sub", "id": id, "path": path});
+        self.send([request.to_string()]).await?;
         loop {
             let Some(text) = self.read_socket().await else {
-                return Err(self.lost());
+                return Err(ClientError::Closed(self.close.clone()));
             };
             match Frame::parse(text.as_str()) {
                 Some(Frame { id: Some(got), ok, rev, error, event: None, .. }) if got == id => {
                     return match (ok, rev, error) {
                         (Some(true), Some(rev), _) => Ok(rev),
-                        (_, _, Some(error)) => Err(format!("error answer {}", error.code)),
-                        _ => Err(format!("unexpected answer {text}")),
+                        (_, _, Some(error)) => Err(ClientError::Server {
+                            code: error.code.into_owned(),
+                            message: error.message.into_owned(),
+                            rev,
+                            answer: serde_json::from_str(text.as_str()).unwrap_or_default(),
+                        }),
+                        _ => Err(ClientError::Unexpected(
+                            serde_json::from_str(text.as_str()).unwrap_or_default(),
+                        )),
                     };
                 }
                 _ => self.early.push_back(text),
@@ -93,15 +97,20 @@ impl LoadConnection {
     }
 
     /// Sends `frames` in one write to the socket.
-    pub async fn send(&mut self, frames: impl IntoIterator<Item = String>) -> Result<(), String> {
+    pub async fn send(
+        &mut self,
+        frames: impl IntoIterator<Item = String>,
+    ) -> Result<(), ClientError> {
         for frame in frames {
-            self.socket.feed(Message::text(frame)).await.map_err(|e| e.to_string())?;
+            if self.socket.feed(Message::text(frame)).await.is_err() {
+                return Err(ClientError::Closed(self.close.clone()));
+            }
         }
-        self.socket.flush().await.map_err(|e| e.to_string())
+        self.socket.flush().await.map_err(|_| ClientError::Closed(self.close.clone()))
     }
 
-    /// The next text frame; `None` once the connection is closed ([`LoadConnection::lost`]
-    /// says how). Cancel-safe.
+    /// The next text frame; `None` once the connection is closed
+    /// ([`DirectConnection::close_info`] says how, when the server said). Cancel-safe.
     pub async fn next(&mut self) -> Option<Utf8Bytes> {
         match self.early.pop_front() {
             Some(text) => Some(text),
@@ -127,12 +136,9 @@ impl LoadConnection {
         None
     }
 
-    /// How the connection ended: the server's close frame, if it sent one.
-    pub fn lost(&self) -> String {
-        match &self.close {
-            Some(close) => format!("closed {} {}", close.code, close.reason),
-            None => "connection lost".to_owned(),
-        }
+    /// The server's close frame, once one arrived.
+    pub fn close_info(&self) -> Option<&CloseInfo> {
+        self.close.as_ref()
     }
 
     /// Sends a normal close frame, without waiting long for a socket that does not take it.
