@@ -55,5 +55,10 @@ redis-cli --scan --pattern "$FERRY_CLUSTER__NAMESPACE:*" 2>/dev/null | xargs -r 
 for q in $(rabbitmqctl list_queues name -q 2>/dev/null | grep "^$FERRY_CLUSTER__NAMESPACE\."); do
   rabbitmqctl delete_queue "$q" -q >/dev/null 2>&1 || true
 done
+# rabbitmqctl has no delete_exchange; RabbitMQ 3.10's own function does it.
+for x in $(rabbitmqctl list_exchanges name -q 2>/dev/null | grep "^$FERRY_CLUSTER__NAMESPACE\."); do
+  rabbitmqctl eval "rabbit_exchange:delete(rabbit_misc:r(<<\"/\">>, exchange, <<\"$x\">>), false, <<\"ferry\">>)." \
+    >/dev/null 2>&1 || true
+done
 cargo bench --quiet -p ferry-cluster --bench backlog -- --instructions 200000 | tee "$OUT/backlog.json"
 echo "== load after: $(cut -d' ' -f1-3 /proc/loadavg)"
