@@ -9,8 +9,9 @@
 //! its connections. It knows nothing of the store or of which queue and bus it is given: the
 //! in-process ones of `ferry serve` or RabbitMQ and Redis.
 //!
-//! [`client`] is the Rust client used by `ferry client` and the tests; [`direct_client`] is a
-//! leaner one for a load generator (`ferry bench`): one task drives each connection.
+//! [`client`] is the Rust client used by `ferry client`, the tests and the bench's read-back;
+//! [`direct_client`] is a leaner one for a load generator's connections (`ferry bench`): one
+//! task drives each.
 //!
 //! What a client meets at the edge, besides the answers of `docs/PROTOCOL.md`:
 //!
