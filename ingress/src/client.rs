@@ -80,6 +80,12 @@ pub struct CloseInfo {
     pub reason: String,
 }
 
+impl From<&tungstenite::protocol::CloseFrame> for CloseInfo {
+    fn from(frame: &tungstenite::protocol::CloseFrame) -> CloseInfo {
+        CloseInfo { code: frame.code.into(), reason: frame.reason.as_str().to_owned() }
+    }
+}
+
 /// A `change` or `snapshot` event.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Event {
@@ -128,6 +134,25 @@ pub(crate) async fn open_socket(options: &ConnectOptions) -> Result<Socket, Clie
             source => ClientError::Connect { url: url.clone(), source },
         })?;
     Ok(socket)
+}
+
+/// An answer, `ok` or not: an error answer as [`ClientError::Server`].
+pub(crate) fn checked(answer: Value) -> Result<Value, ClientError> {
+    match answer["ok"].as_bool() {
+        Some(true) => Ok(answer),
+        Some(false) => Err(ClientError::Server {
+            code: answer["error"]["code"].as_str().unwrap_or_default().to_owned(),
+            message: answer["error"]["message"].as_str().unwrap_or_default().to_owned(),
+            rev: answer["rev"].as_u64(),
+            answer,
+        }),
+        None => Err(ClientError::Unexpected(answer)),
+    }
+}
+
+/// The revision an `ok` answer carries.
+pub(crate) fn rev_of(answer: Value) -> Result<u64, ClientError> {
+    answer["rev"].as_u64().ok_or(ClientError::Unexpected(answer))
 }
 
 /// Requests waiting for their answers; `None` once the connection has ended.
@@ -205,10 +230,7 @@ impl Client {
                         }
                         // Reading on after the close frame completes the close handshake.
                         Message::Close(Some(frame)) => {
-                            let _ = close.set(CloseInfo {
-                                code: frame.code.into(),
-                                reason: frame.reason.as_str().to_owned(),
-                            });
+                            let _ = close.set(CloseInfo::from(&frame));
                         }
                         _ => {}
                     }
@@ -248,22 +270,11 @@ impl Client {
 
     /// [`Client::request`], with an error answer as [`ClientError::Server`].
     pub async fn call(&self, request: Value) -> Result<Value, ClientError> {
-        let answer = self.request(request).await?;
-        match answer["ok"].as_bool() {
-            Some(true) => Ok(answer),
-            Some(false) => Err(ClientError::Server {
-                code: answer["error"]["code"].as_str().unwrap_or_default().to_owned(),
-                message: answer["error"]["message"].as_str().unwrap_or_default().to_owned(),
-                rev: answer["rev"].as_u64(),
-                answer,
-            }),
-            None => Err(ClientError::Unexpected(answer)),
-        }
+        checked(self.request(request).await?)
     }
 
     async fn call_rev(&self, request: Value) -> Result<u64, ClientError> {
-        let answer = self.call(request).await?;
-        answer["rev"].as_u64().ok_or(ClientError::Unexpected(answer))
+        rev_of(self.call(request).await?)
     }
 
     /// Creates or replaces `path`; the new revision.

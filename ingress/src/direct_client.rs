@@ -14,7 +14,7 @@ use futures_util::{SinkExt, StreamExt};
 use serde::Deserialize;
 use tokio_tungstenite::tungstenite::{Message, Utf8Bytes};
 
-use crate::client::{open_socket, ClientError, CloseInfo, ConnectOptions, Socket};
+use crate::client::{checked, open_socket, rev_of, ClientError, CloseInfo, ConnectOptions, Socket};
 
 /// How long closing may wait for the socket at the end of a run.
 const CLOSE_TIMEOUT: Duration = Duration::from_secs(1);
@@ -41,8 +41,6 @@ pub struct Frame<'a> {
 pub struct ErrorBody<'a> {
     #[serde(borrow)]
     pub code: Cow<'a, str>,
-    #[serde(borrow, default)]
-    pub message: Cow<'a, str>,
 }
 
 impl<'a> Frame<'a> {
@@ -77,19 +75,10 @@ impl DirectConnection {
                 return Err(ClientError::Closed(self.close.clone()));
             };
             match Frame::parse(text.as_str()) {
-                Some(Frame { id: Some(got), ok, rev, error, event: None, .. }) if got == id => {
-                    return match (ok, rev, error) {
-                        (Some(true), Some(rev), _) => Ok(rev),
-                        (_, _, Some(error)) => Err(ClientError::Server {
-                            code: error.code.into_owned(),
-                            message: error.message.into_owned(),
-                            rev,
-                            answer: serde_json::from_str(text.as_str()).unwrap_or_default(),
-                        }),
-                        _ => Err(ClientError::Unexpected(
-                            serde_json::from_str(text.as_str()).unwrap_or_default(),
-                        )),
-                    };
+                Some(Frame { id: Some(got), event: None, .. }) if got == id => {
+                    // Once per subscription: the answer is read whole, as `Client` reads it.
+                    let answer = serde_json::from_str(text.as_str()).unwrap_or_default();
+                    return rev_of(checked(answer)?);
                 }
                 _ => self.early.push_back(text),
             }
@@ -124,12 +113,7 @@ impl DirectConnection {
         while let Some(Ok(message)) = self.socket.next().await {
             match message {
                 Message::Text(text) => return Some(text),
-                Message::Close(Some(frame)) => {
-                    self.close = Some(CloseInfo {
-                        code: frame.code.into(),
-                        reason: frame.reason.as_str().to_owned(),
-                    })
-                }
+                Message::Close(Some(frame)) => self.close = Some(CloseInfo::from(&frame)),
                 _ => {}
             }
         }
