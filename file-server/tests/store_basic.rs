@@ -89,7 +89,7 @@ fn changes_are_readable_at_once_and_after_flush_and_reopen() {
 /// was acknowledged must still see that write, whichever of dirty set, cache and tree holds it.
 #[test]
 fn a_reader_never_sees_a_version_older_than_an_acknowledged_one() {
-    use std::sync::atomic::{AtomicU64, Ordering};
+    use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
     let tmp = tempfile::tempdir().unwrap();
     init(tmp.path());
     let store = Store::open(tmp.path(), StoreOptions { wal_sync: WalSync::Os, ..fast() }).unwrap();
@@ -98,7 +98,7 @@ fn a_reader_never_sees_a_version_older_than_an_acknowledged_one() {
     for f in &files {
         store.apply(Change::put(f.clone(), "0", "w")).unwrap();
     }
-    let writes_done = std::sync::atomic::AtomicBool::new(false);
+    let writes_done = AtomicBool::new(false);
     std::thread::scope(|s| {
         let reader = s.spawn(|| {
             let mut reads = 0u64;
