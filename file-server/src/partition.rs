@@ -107,6 +107,31 @@ mod tests {
     }
 
     #[test]
+    fn the_one_pass_finds_the_key_wherever_it_ends() {
+        // Short and long segments, and bytes over 0x7f (`\u{2f2f}` is 0xe2 0xbc 0xaf: no `/`).
+        let long = "r".repeat(17);
+        let names = ["a", ".bcdefg", "hijklmnopq", "\u{e9}\u{e9}\u{e9}", "\u{2f2f}x", &long];
+        for a in names {
+            for b in names {
+                for c in names {
+                    let path = format!("/{a}/{b}/{c}");
+                    for depth in 0..5 {
+                        let key = fnv1a64(partition_key(&p(&path), depth).as_bytes());
+                        for count in [1, 3, 16, 1000] {
+                            let want = (key % u64::from(count)) as u32;
+                            assert_eq!(
+                                partition_of(&p(&path), depth, count),
+                                want,
+                                "{path} {depth}"
+                            );
+                        }
+                    }
+                }
+            }
+        }
+    }
+
+    #[test]
     fn key_is_the_first_segments() {
         assert_eq!(partition_key(&p("/home/alice/x.txt"), 2), "/home/alice");
         assert_eq!(partition_key(&p("/home/alice/x/y"), 1), "/home");

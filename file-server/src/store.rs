@@ -21,7 +21,8 @@ use crate::filesystem_sync_gate::FilesystemSyncGate;
 use crate::lock::WriterLock;
 use crate::partition::{partition_of, partition_of_prefix};
 use crate::partition_store::{
-    Applied, Change, FlushStats, PartitionStats, PartitionStore, PendingWrite,
+    hit_is_sampled, visible, Applied, Change, FlushStats, PartitionStats, PartitionStore,
+    PendingWrite, SharedCache,
 };
 use crate::path::FilePath;
 use crate::record::{FileMeta, Record};
@@ -164,6 +165,8 @@ pub struct Store {
     layout: InitOptions,
     /// Indexed by partition; `None` where this process did not open it.
     partitions: Vec<Option<PartitionStore>>,
+    /// The open partitions' cached reads.
+    cache: Arc<SharedCache>,
     /// See [`StoreOptions::wal_group_sync`].
     group_sync: WalGroupSync,
     filesystem_sync_gate: FilesystemSyncGate,
@@ -244,6 +247,7 @@ impl Store {
         if !wanted.is_empty() {
             options.cache_bytes /= wanted.len() as u64;
         }
+        let cache = SharedCache::new(wanted.len());
         for &p in wanted {
             let slot = partitions
                 .get_mut(p as usize)
@@ -257,13 +261,20 @@ impl Store {
             }
             let lock = WriterLock::acquire(&pdir)?;
             let storage: Arc<dyn StorageDir> = Arc::new(FsDir::new(&pdir));
-            *slot =
-                Some(PartitionStore::open(storage, Some(lock), p, layout.partitions, &options)?);
+            *slot = Some(PartitionStore::open_sharing(
+                storage,
+                Some(lock),
+                p,
+                layout.partitions,
+                &options,
+                cache.clone(),
+            )?);
         }
         Ok(Store {
             dir: dir.to_owned(),
             layout,
             partitions,
+            cache,
             group_sync: options.wal_group_sync,
             filesystem_sync_gate: FilesystemSyncGate::new(Box::new(dirty_page_bytes)),
             wal_sync: options.wal_sync,
@@ -377,12 +388,34 @@ impl Store {
         self.route(&change.path)?.submit(change)
     }
 
+    /// The file's current version, `None` if it does not exist or was deleted.
     pub fn get(&self, path: &FilePath) -> Result<Option<Arc<Record>>> {
-        self.route(path)?.get(path)
+        match self.cached(path) {
+            Some(record) => Ok(Some(record).filter(|r| !r.is_deleted())),
+            None => self.route(path)?.get(path),
+        }
     }
 
+    /// The file's metadata, `None` if it does not exist or was deleted.
     pub fn stat(&self, path: &FilePath) -> Result<Option<FileMeta>> {
-        self.route(path)?.stat(path)
+        match self.cached(path) {
+            Some(record) => Ok(visible(&record)),
+            None => self.route(path)?.stat(path),
+        }
+    }
+
+    /// The cached version of `path` while no open partition has a dirty file: the hot path
+    /// of a read, which needs neither the path's partition nor its lock.
+    #[inline]
+    fn cached(&self, path: &FilePath) -> Option<Arc<Record>> {
+        let record = self.cache.clean_hit(path)?;
+        if hit_is_sampled() {
+            // A cached path's partition is open here.
+            if let Ok(partition) = self.route(path) {
+                partition.show_hit(path);
+            }
+        }
+        Some(record)
     }
 
     /// Up to `limit` existing files under `prefix` after `after`, in path order, across the

@@ -19,15 +19,14 @@ use crate::record::Record;
 /// Paths up to this many bytes are kept in the slot (which is then 64 bytes, a cache line).
 pub const INLINE_PATH: usize = 46;
 
-/// Shards per table, so that readers on several cores rarely meet on one lock's cache line.
-const SHARDS: usize = 8;
-
 /// The hasher of this table and of moka's policy beside it. foldhash rather than SipHash:
 /// hashing the path was a sixth of a cached read. It is randomly seeded too, with weaker
 /// guarantees against deliberately colliding paths.
 pub(super) type Hasher = foldhash::fast::RandomState;
 
-pub(super) struct HitTable {
+pub(crate) struct HitTable {
+    /// A power of two of them, so that readers on several cores rarely meet on one lock's
+    /// cache line and each shard's table stays small (a growing table rehashes all of it).
     shards: Box<[Shard]>,
     hasher: Hasher,
 }
@@ -81,21 +80,26 @@ impl SlotKey {
 }
 
 impl HitTable {
-    pub(super) fn new() -> HitTable {
-        let shards = (0..SHARDS).map(|_| Shard(RwLock::new(HashTable::new()))).collect();
+    /// A table of at least `shards` shards.
+    pub(crate) fn new(shards: usize) -> HitTable {
+        let count = shards.clamp(1, 1 << 16).next_power_of_two();
+        let shards = (0..count).map(|_| Shard(RwLock::new(HashTable::new()))).collect();
         HitTable { shards, hasher: Hasher::default() }
     }
 
     /// The path's hash and the shard that holds it.
+    #[inline]
     fn locate(&self, path: &[u8]) -> (u64, &RwLock<HashTable<Slot>>) {
         let hash = self.hasher.hash_one(path);
-        // Bits hashbrown does not use for a table of under 2^48 slots: it takes the low bits
-        // for the position and the top seven as the tag.
-        let shard = (hash >> 48) as usize % SHARDS;
+        // Bits that neither the slot's check (the low 32) nor hashbrown use for a shard of
+        // under 2^32 slots: it takes the low bits for the position and the top seven as the
+        // tag. At most 2^16 shards.
+        let shard = (hash >> 32) as usize & (self.shards.len() - 1);
         (hash, &self.shards[shard].0)
     }
 
-    pub(super) fn get(&self, path: &FilePath) -> Option<Arc<Record>> {
+    #[inline]
+    pub(crate) fn get(&self, path: &FilePath) -> Option<Arc<Record>> {
         let wanted = path.as_str().as_bytes();
         let (hash, shard) = self.locate(wanted);
         let table = shard.read();
@@ -143,13 +147,6 @@ impl HitTable {
         }
     }
 
-    /// Removes every path that starts with `prefix`.
-    pub(super) fn remove_prefix(&self, prefix: &str) {
-        for shard in self.shards.iter() {
-            shard.0.write().retain(|s| !s.key.bytes().starts_with(prefix.as_bytes()));
-        }
-    }
-
     #[cfg(test)]
     pub(super) fn len(&self) -> usize {
         self.shards.iter().map(|s| s.0.read().len()).sum()
@@ -176,7 +173,7 @@ mod tests {
 
     #[test]
     fn short_and_long_paths_are_found_and_told_apart() {
-        let table = HitTable::new();
+        let table = HitTable::new(8);
         let short = path("/home/a/x");
         let long = path(&format!("/home/a/{}", "y".repeat(INLINE_PATH)));
         let longer = path(&format!("/home/a/{}z", "y".repeat(INLINE_PATH)));
@@ -196,7 +193,7 @@ mod tests {
 
     #[test]
     fn a_held_path_keeps_its_recorded_weight_until_it_moved() {
-        let table = HitTable::new();
+        let table = HitTable::new(8);
         let p = path("/a/b");
         assert!(table.insert(&p, record(1), 100, |_| unreachable!("a new path")));
         let mut seen = None;
@@ -215,29 +212,11 @@ mod tests {
 
     #[test]
     fn paths_are_found_after_the_table_grew() {
-        let table = HitTable::new();
+        let table = HitTable::new(8);
         for i in 0..5_000 {
             table.insert(&path(&format!("/g/{i}")), record(i), 1, |_| true);
         }
         assert!((0..5_000).all(|i| table.get(&path(&format!("/g/{i}"))).unwrap().meta.rev == i));
         assert!(table.get(&path("/g/5000")).is_none());
-    }
-
-    #[test]
-    fn a_prefix_removal_spares_other_directories() {
-        let table = HitTable::new();
-        let long_name = "n".repeat(INLINE_PATH);
-        for dir in ["/home/alice/", "/home/alice2/", "/home/bob/"] {
-            for i in 0..50 {
-                table.insert(&path(&format!("{dir}{i}")), record(1), 1, |_| true);
-            }
-            table.insert(&path(&format!("{dir}{long_name}")), record(1), 1, |_| true);
-        }
-        table.remove_prefix("/home/alice/");
-        assert_eq!(table.len(), 102);
-        assert!(table.get(&path("/home/alice/3")).is_none());
-        assert!(table.get(&path(&format!("/home/alice/{long_name}"))).is_none());
-        assert!(table.get(&path("/home/alice2/3")).is_some());
-        assert!(table.get(&path(&format!("/home/bob/{long_name}"))).is_some());
     }
 }

@@ -16,11 +16,13 @@
 mod change;
 mod clean_cache;
 mod hit_table;
+mod shared_cache;
 
 pub use change::{apply_change, Change, Edit};
+pub(crate) use clean_cache::sampled as hit_is_sampled;
+pub(crate) use shared_cache::SharedCache;
 
 use std::collections::BTreeMap;
-use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
@@ -36,8 +38,10 @@ use crate::record::{FileMeta, Record};
 use crate::store::StoreOptions;
 use crate::tree::{Snapshot, TreeFile};
 use crate::wal::{GroupSync, WalOptions, WalRecovery, WriteAheadLog, WrittenPoint};
-use change::{replay_entry, visible};
+use change::replay_entry;
+pub(crate) use change::visible;
 use clean_cache::CleanCache;
+use shared_cache::DirtyCount;
 
 /// What an applied change produced.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -131,7 +135,7 @@ struct Inner {
     /// The dirty set's length, stored under the state's write lock each time it changes. A
     /// cached read that finds it zero skips the state's lock: an atomic read-modify-write on
     /// a line every reader shares.
-    dirty_files: AtomicUsize,
+    dirty_files: DirtyCount,
     wal: WriteAheadLog,
     /// Held for a whole flush, so that flushes do not overlap.
     tree: Mutex<TreeFile>,
@@ -166,6 +170,19 @@ impl PartitionStore {
         partition: u32,
         partitions: u32,
         options: &StoreOptions,
+    ) -> Result<PartitionStore> {
+        PartitionStore::open_sharing(dir, lock, partition, partitions, options, SharedCache::new(1))
+    }
+
+    /// [`PartitionStore::open`], with the cached reads `shared` with the store's other
+    /// partitions.
+    pub(crate) fn open_sharing(
+        dir: Arc<dyn StorageDir>,
+        lock: Option<WriterLock>,
+        partition: u32,
+        partitions: u32,
+        options: &StoreOptions,
+        shared: Arc<SharedCache>,
     ) -> Result<PartitionStore> {
         let tree = TreeFile::open(dir.clone(), partition, partitions)?;
         let snapshot = tree.snapshot();
@@ -202,7 +219,7 @@ impl PartitionStore {
             );
         }
         let (kick, kicked) = crossbeam_channel::bounded(1);
-        let dirty_files = AtomicUsize::new(dirty.len());
+        let dirty_files = DirtyCount::new(dirty.len(), shared.clone());
         let inner = Arc::new(Inner {
             partition,
             max_file_size: options.max_file_size,
@@ -217,7 +234,7 @@ impl PartitionStore {
             dirty_files,
             wal,
             tree: Mutex::new(tree),
-            cache: CleanCache::new(options.cache_bytes),
+            cache: CleanCache::new(options.cache_bytes, shared.hits().clone()),
             kick,
             released: Mutex::new(Vec::new()),
         });
@@ -265,7 +282,7 @@ impl PartitionStore {
             Dirty { path: change.path, record: Arc::new(record), lsn },
         );
         let dirty = st.dirty.len();
-        inner.dirty_files.store(dirty, Ordering::Release);
+        inner.dirty_files.set(dirty);
         drop(st);
         if dirty >= inner.flush_max_dirty {
             // A full channel means a flush is already asked for.
@@ -322,6 +339,12 @@ impl PartitionStore {
     /// The file's current version, `None` if it does not exist or was deleted.
     pub fn get(&self, path: &FilePath) -> Result<Option<Arc<Record>>> {
         Ok(self.inner.read(path)?.filter(|r| !r.is_deleted()))
+    }
+
+    /// Tells the cache's policy of a hit on `path` answered by the [`SharedCache`] (for the
+    /// sampled hits, [`hit_is_sampled`]).
+    pub(crate) fn show_hit(&self, path: &FilePath) {
+        self.inner.cache.show_hit(path);
     }
 
     /// The file's metadata, `None` if it does not exist or was deleted.
@@ -484,17 +507,30 @@ impl Inner {
     }
 
     /// The current version of `path` (tombstones included) for a reader.
+    #[inline]
     fn read(&self, path: &FilePath) -> Result<Option<Arc<Record>>> {
-        if self.dirty_files.load(Ordering::Acquire) > 0 {
+        // Not dirty, so the cache holds the current version if it holds any (flushes fill it
+        // before versions leave the dirty set). The hit is the hot path: it takes no lock but
+        // the hit table's shard.
+        if self.dirty_files.is_zero() {
+            if let Some(r) = self.cache.get(path) {
+                return Ok(Some(r));
+            }
+        }
+        self.read_past_cache(path)
+    }
+
+    /// The rest of [`Inner::read`], kept out of line so that the cached read stays short: the
+    /// dirty set while there is one, then the cache, then the tree.
+    #[inline(never)]
+    fn read_past_cache(&self, path: &FilePath) -> Result<Option<Arc<Record>>> {
+        if !self.dirty_files.is_zero() {
             if let Some(d) = self.state.read().dirty.get(path.as_str()) {
                 return Ok(Some(d.record.clone()));
             }
-        }
-        // Not dirty at the check above, so the cache holds the current version if it holds
-        // any (flushes fill it before versions leave the dirty set). The hit is the hot path:
-        // it takes no snapshot.
-        if let Some(r) = self.cache.get(path) {
-            return Ok(Some(r));
+            if let Some(r) = self.cache.get(path) {
+                return Ok(Some(r));
+            }
         }
         let (snapshot, generation) = {
             let st = self.state.read();
@@ -565,7 +601,7 @@ impl Inner {
                     st.dirty.remove(path.as_str());
                 }
             }
-            self.dirty_files.store(st.dirty.len(), Ordering::Release);
+            self.dirty_files.set(st.dirty.len());
             st.generation += 1;
             st.flush_error = None;
         }
