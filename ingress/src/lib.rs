@@ -43,6 +43,7 @@ pub mod placement;
 mod rate;
 mod server;
 mod session;
+mod signal;
 mod subscriptions;
 
 use std::time::Duration;

@@ -8,7 +8,9 @@ use std::sync::OnceLock;
 
 use axum::extract::ws::Utf8Bytes;
 use tokio::sync::{mpsc, Notify};
-use tokio_util::sync::CancellationToken;
+use tokio_util::sync::WaitForCancellationFuture;
+
+use crate::signal::Signal;
 
 /// Why the server closes a connection: a WebSocket close code and reason.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -36,7 +38,7 @@ pub const CLOSE_PROTOCOL: CloseReason = CloseReason { code: 1002, reason: "proto
 pub(crate) struct Outbox {
     tx: mpsc::Sender<Utf8Bytes>,
     reason: OnceLock<Option<CloseReason>>,
-    closed: CancellationToken,
+    closing: Signal,
     in_flight: AtomicUsize,
     answered: Notify,
 }
@@ -47,7 +49,7 @@ impl Outbox {
         let outbox = Outbox {
             tx,
             reason: OnceLock::new(),
-            closed: CancellationToken::new(),
+            closing: Signal::default(),
             in_flight: AtomicUsize::new(0),
             answered: Notify::new(),
         };
@@ -57,7 +59,7 @@ impl Outbox {
     /// Queues a frame; false if the connection is closed or closing. A full queue closes the
     /// connection as a slow consumer.
     pub(crate) fn send(&self, text: Utf8Bytes) -> bool {
-        if self.closed.is_cancelled() {
+        if self.is_closing() {
             return false;
         }
         match self.tx.try_send(text) {
@@ -74,11 +76,17 @@ impl Outbox {
     /// more. The first reason wins.
     pub(crate) fn close(&self, reason: Option<CloseReason>) {
         let _ = self.reason.set(reason);
-        self.closed.cancel();
+        self.closing.raise();
     }
 
-    pub(crate) fn closed(&self) -> &CancellationToken {
-        &self.closed
+    /// Whether [`Outbox::close`] was called (a flag: cheap on every frame).
+    pub(crate) fn is_closing(&self) -> bool {
+        self.closing.is_raised()
+    }
+
+    /// Completes once [`Outbox::close`] is called (see [`Signal::raised`]).
+    pub(crate) fn closed(&self) -> WaitForCancellationFuture<'_> {
+        self.closing.raised()
     }
 
     pub(crate) fn close_reason(&self) -> Option<CloseReason> {

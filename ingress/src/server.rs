@@ -23,6 +23,7 @@ use tokio_util::task::TaskTracker;
 
 use crate::auth::Authenticator;
 use crate::placement::{choose, NodeLoad, Peers};
+use crate::signal::Signal;
 use crate::subscriptions::Fanout;
 use crate::IngressOptions;
 
@@ -40,7 +41,8 @@ pub(crate) struct Shared {
     pub(crate) queue: Arc<dyn InstructionQueue>,
     pub(crate) bus: Arc<dyn ChangeBus>,
     pub(crate) fanout: Fanout,
-    pub(crate) shutdown: CancellationToken,
+    /// Raised when `serve` stops accepting: every connection drains and closes.
+    pub(crate) shutdown: Signal,
     /// Short and unique per process start: prefixes client ids and assigned idempotency keys,
     /// so that keys never repeat across restarts.
     pub(crate) node_tag: String,
@@ -138,7 +140,7 @@ impl Ingress {
                 queue,
                 fanout: Fanout::new(bus.clone(), send_queue),
                 bus,
-                shutdown: CancellationToken::new(),
+                shutdown: Signal::default(),
                 key_prefix: "ferry".to_owned(),
                 node_tag,
                 connections: AtomicUsize::new(0),
@@ -201,7 +203,7 @@ impl Ingress {
             let _ = stream.set_nodelay(true);
             let service = TowerToHyperService::new(router.clone());
             let handshake = shared.options.handshake_timeout;
-            let stop = shared.shutdown.clone();
+            let stop = shared.clone();
             shared.tracker.spawn(async move {
                 let mut builder = hyper::server::conn::http1::Builder::new();
                 builder.timer(TokioTimer::new()).header_read_timeout(handshake);
@@ -210,7 +212,7 @@ impl Ingress {
                 tokio::pin!(connection);
                 let result = tokio::select! {
                     result = connection.as_mut() => result,
-                    _ = stop.cancelled() => {
+                    _ = stop.shutdown.raised() => {
                         connection.as_mut().graceful_shutdown();
                         connection.await
                     }
@@ -221,14 +223,14 @@ impl Ingress {
             });
         }
         drop(listener);
-        shared.shutdown.cancel();
+        shared.shutdown.raise();
         shared.tracker.close();
         shared.tracker.wait().await;
     }
 }
 
 async fn ready(State(shared): State<Arc<Shared>>) -> Response {
-    if shared.shutdown.is_cancelled() {
+    if shared.shutdown.is_raised() {
         (StatusCode::SERVICE_UNAVAILABLE, "shutting down\n").into_response()
     } else {
         let open = shared.connections.load(Ordering::Acquire);
@@ -246,7 +248,7 @@ async fn route(State(shared): State<Arc<Shared>>) -> Response {
     };
     let nodes = shared.peers.with(this);
     match choose(&nodes, shared.options.route_threshold_percent) {
-        Some(node) if !shared.shutdown.is_cancelled() => Json(node.clone()).into_response(),
+        Some(node) if !shared.shutdown.is_raised() => Json(node.clone()).into_response(),
         _ => {
             let body = serde_json::json!({"error": {"code": "unavailable", "message":
                 "every ingress node is at its connection threshold: retry later"}});
@@ -273,7 +275,7 @@ async fn upgrade(
     Query(query): Query<TokenQuery>,
     ws: WebSocketUpgrade,
 ) -> Response {
-    if shared.shutdown.is_cancelled() {
+    if shared.shutdown.is_raised() {
         return (StatusCode::SERVICE_UNAVAILABLE, "shutting down\n").into_response();
     }
     let allowed = &shared.options.allowed_origins;

@@ -99,14 +99,21 @@ async fn write_loop(
 ) {
     let mut ping =
         tokio::time::interval_at(tokio::time::Instant::now() + ping_interval, ping_interval);
+    // One close signal for the loop's life, polled only when the queue is empty: creating,
+    // polling and dropping one per frame took the token's locks three times a frame.
+    let closed = outbox.closed();
+    tokio::pin!(closed);
     loop {
+        if outbox.is_closing() {
+            break;
+        }
         let next = tokio::select! {
             biased;
-            _ = outbox.closed().cancelled() => break,
             text = rx.recv() => match text {
                 Some(text) => Some(text),
                 None => break,
             },
+            _ = &mut closed => break,
             _ = ping.tick() => None,
         };
         let sent = {
@@ -120,8 +127,9 @@ async fn write_loop(
             // A client that stops reading blocks the send; once the connection is closing,
             // it gets a grace period and is then dropped.
             tokio::select! {
+                biased;
                 sent = &mut send => sent,
-                _ = outbox.closed().cancelled() => match timeout(CLOSE_GRACE, send).await {
+                _ = &mut closed => match timeout(CLOSE_GRACE, send).await {
                     Ok(sent) => sent,
                     Err(_) => return,
                 },
@@ -191,22 +199,32 @@ fn now_us() -> u64 {
 impl Session {
     async fn read_loop(&mut self, stream: &mut SplitStream<WebSocket>) {
         let idle = self.shared.options.idle_timeout;
-        let shutdown = self.shared.shutdown.clone();
+        let (shared, outbox) = (self.shared.clone(), self.outbox.clone());
+        // The signals are checked by their flags at each turn and waited on only after the
+        // stream, each by one future kept for the loop's life (see `Signal`).
+        let closed = outbox.closed();
+        let stopping = shared.shutdown.raised();
+        tokio::pin!(closed, stopping);
         // One timer for the connection's life, moved on only when it fires: a timer per
         // message (a wheel insert and removal each) was a few percent of the ingress's CPU.
         let mut last_heard = tokio::time::Instant::now();
         let idle_check = tokio::time::sleep_until(last_heard + idle);
         tokio::pin!(idle_check);
         loop {
+            if outbox.is_closing() {
+                return;
+            }
+            if shared.shutdown.is_raised() {
+                let _ = timeout(shared.options.drain_timeout, outbox.all_answered()).await;
+                outbox.close(Some(CLOSE_SHUTDOWN));
+                return;
+            }
             let next = tokio::select! {
                 biased;
-                _ = self.outbox.closed().cancelled() => return,
-                _ = shutdown.cancelled() => {
-                    let _ = timeout(self.shared.options.drain_timeout, self.outbox.all_answered()).await;
-                    self.outbox.close(Some(CLOSE_SHUTDOWN));
-                    return;
-                }
                 next = stream.next() => next,
+                _ = &mut closed => return,
+                // Handled at the top of the loop.
+                _ = &mut stopping => continue,
                 _ = &mut idle_check => {
                     let deadline = last_heard + idle;
                     if deadline <= tokio::time::Instant::now() {

@@ -212,8 +212,7 @@ mod tests {
 
     /// Waits (with a deadline) until the task closed `watch`.
     async fn closed(watch: &Watch) -> Option<CloseReason> {
-        let _ =
-            tokio::time::timeout(Duration::from_secs(20), watch.outbox.closed().cancelled()).await;
+        let _ = tokio::time::timeout(Duration::from_secs(20), watch.outbox.closed()).await;
         watch.outbox.close_reason()
     }
 
