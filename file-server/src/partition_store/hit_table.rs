@@ -24,7 +24,7 @@ pub const INLINE_PATH: usize = 46;
 /// guarantees against deliberately colliding paths.
 pub(super) type Hasher = foldhash::fast::RandomState;
 
-pub(crate) struct HitTable {
+pub(super) struct HitTable {
     /// A power of two of them, so that readers on several cores rarely meet on one lock's
     /// cache line and each shard's table stays small (a growing table rehashes all of it).
     shards: Box<[Shard]>,
@@ -81,7 +81,7 @@ impl SlotKey {
 
 impl HitTable {
     /// A table of at least `shards` shards.
-    pub(crate) fn new(shards: usize) -> HitTable {
+    pub(super) fn new(shards: usize) -> HitTable {
         let count = shards.clamp(1, 1 << 16).next_power_of_two();
         let shards = (0..count).map(|_| Shard(RwLock::new(HashTable::new()))).collect();
         HitTable { shards, hasher: Hasher::default() }
@@ -99,7 +99,7 @@ impl HitTable {
     }
 
     #[inline]
-    pub(crate) fn get(&self, path: &FilePath) -> Option<Arc<Record>> {
+    pub(super) fn get(&self, path: &FilePath) -> Option<Arc<Record>> {
         let wanted = path.as_str().as_bytes();
         let (hash, shard) = self.locate(wanted);
         let table = shard.read();
