@@ -21,7 +21,7 @@ use crate::filesystem_sync_gate::FilesystemSyncGate;
 use crate::lock::WriterLock;
 use crate::partition::{partition_of, partition_of_prefix};
 use crate::partition_store::{
-    hit_is_sampled, visible, Applied, Change, FlushStats, PartitionStats, PartitionStore,
+    hit_is_sampled, visible, Applied, Change, FlushStats, Lookup, PartitionStats, PartitionStore,
     PendingWrite, SharedCache,
 };
 use crate::path::FilePath;
@@ -390,32 +390,32 @@ impl Store {
 
     /// The file's current version, `None` if it does not exist or was deleted.
     pub fn get(&self, path: &FilePath) -> Result<Option<Arc<Record>>> {
-        match self.cached(path) {
-            Some(record) => Ok(Some(record).filter(|r| !r.is_deleted())),
-            None => self.route(path)?.get(path),
-        }
+        Ok(self.read(path)?.filter(|r| !r.is_deleted()))
     }
 
     /// The file's metadata, `None` if it does not exist or was deleted.
     pub fn stat(&self, path: &FilePath) -> Result<Option<FileMeta>> {
-        match self.cached(path) {
-            Some(record) => Ok(visible(&record)),
-            None => self.route(path)?.stat(path),
-        }
+        Ok(self.read(path)?.and_then(|r| visible(&r)))
     }
 
-    /// The cached version of `path` while no open partition has a dirty file: the hot path
-    /// of a read, which needs neither the path's partition nor its lock.
+    /// The current version of `path`, tombstones included. A hit in the shared cache while
+    /// no open partition has a dirty file (the hot path) needs neither the path's partition
+    /// nor its lock; a miss then goes past the cache, which it does not ask twice.
     #[inline]
-    fn cached(&self, path: &FilePath) -> Option<Arc<Record>> {
-        let record = self.cache.clean_hit(path)?;
-        if hit_is_sampled() {
-            // A cached path's partition is open here.
-            if let Ok(partition) = self.route(path) {
-                partition.show_hit(path);
+    fn read(&self, path: &FilePath) -> Result<Option<Arc<Record>>> {
+        match self.cache.lookup(path) {
+            Lookup::Hit(record) => {
+                if hit_is_sampled() {
+                    // A cached path's partition is open here.
+                    if let Ok(partition) = self.route(path) {
+                        partition.show_hit(path);
+                    }
+                }
+                Ok(Some(record))
             }
+            Lookup::NotCached => self.route(path)?.read_past_cache(path),
+            Lookup::Dirty => self.route(path)?.read(path),
         }
-        Some(record)
     }
 
     /// Up to `limit` existing files under `prefix` after `after`, in path order, across the

@@ -20,7 +20,7 @@ mod shared_cache;
 
 pub use change::{apply_change, Change, Edit};
 pub(crate) use clean_cache::sampled as hit_is_sampled;
-pub(crate) use shared_cache::SharedCache;
+pub(crate) use shared_cache::{Lookup, SharedCache};
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -338,7 +338,19 @@ impl PartitionStore {
 
     /// The file's current version, `None` if it does not exist or was deleted.
     pub fn get(&self, path: &FilePath) -> Result<Option<Arc<Record>>> {
-        Ok(self.inner.read(path)?.filter(|r| !r.is_deleted()))
+        Ok(self.read(path)?.filter(|r| !r.is_deleted()))
+    }
+
+    /// The current version of `path`, tombstones included.
+    pub(crate) fn read(&self, path: &FilePath) -> Result<Option<Arc<Record>>> {
+        self.inner.read(path)
+    }
+
+    /// [`PartitionStore::read`] for a caller that has just missed `path` in the
+    /// [`SharedCache`] while nothing was dirty ([`Lookup::NotCached`]): the cache is not
+    /// asked again unless the partition has become dirty since.
+    pub(crate) fn read_past_cache(&self, path: &FilePath) -> Result<Option<Arc<Record>>> {
+        self.inner.read_past_cache(path)
     }
 
     /// Tells the cache's policy of a hit on `path` answered by the [`SharedCache`] (for the
@@ -349,7 +361,7 @@ impl PartitionStore {
 
     /// The file's metadata, `None` if it does not exist or was deleted.
     pub fn stat(&self, path: &FilePath) -> Result<Option<FileMeta>> {
-        Ok(self.inner.read(path)?.and_then(|r| visible(&r)))
+        Ok(self.read(path)?.and_then(|r| visible(&r)))
     }
 
     /// Up to `limit` existing files whose path starts with `prefix` and sorts after `after`,

@@ -36,16 +36,30 @@ impl SharedCache {
         &self.hits
     }
 
-    /// The cached version of `path` (a tombstone too), if no partition has a dirty file: a
-    /// dirty version would shadow the cached one, and flushes fill the table before versions
-    /// leave a dirty set.
+    /// What the table knows of `path`. Only while no partition has a dirty file: a dirty
+    /// version would shadow the cached one, and flushes fill the table before versions leave
+    /// a dirty set.
     #[inline]
-    pub(crate) fn clean_hit(&self, path: &FilePath) -> Option<Arc<Record>> {
+    pub(crate) fn lookup(&self, path: &FilePath) -> Lookup {
         if self.dirty_files.load(Ordering::Acquire) != 0 {
-            return None;
+            return Lookup::Dirty;
         }
-        self.hits.get(path)
+        match self.hits.get(path) {
+            Some(record) => Lookup::Hit(record),
+            None => Lookup::NotCached,
+        }
     }
+}
+
+/// The answer of [`SharedCache::lookup`].
+pub(crate) enum Lookup {
+    /// The current version (a tombstone too).
+    Hit(Arc<Record>),
+    /// No partition was dirty and the path is not cached: its partition's tree holds it if
+    /// anything does (unless a change arrived since, which the partition's read sees).
+    NotCached,
+    /// Some partition has dirty files: the path's partition must be asked in full.
+    Dirty,
 }
 
 /// One partition's count of dirty files, also counted in its store's [`SharedCache`].
