@@ -29,6 +29,6 @@ pub use error::{Result, StoreError};
 pub use partition_store::{Applied, Change, Edit, PartitionStore, PendingWrite};
 pub use path::{FilePath, PathError};
 pub use read_only::{open_read_only, ReadOnlyStore};
-pub use record::{FileMeta, Record};
+pub use record::{FileMeta, Record, SharedRecord};
 pub use store::{InitOptions, Store, StoreOptions, WalGroupSync, WriteGroup};
 pub use wal::{GroupSync, WalSync, WrittenPoint};

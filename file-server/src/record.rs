@@ -5,6 +5,8 @@ use std::sync::Arc;
 use bytes::Bytes;
 use sha2::{Digest, Sha256};
 
+use crate::path::FilePath;
+
 /// Metadata of one file version.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct FileMeta {
@@ -69,6 +71,98 @@ impl Record {
     }
 }
 
+/// A file version as the store holds it and hands it out: an immutable [`Record`], shared,
+/// cheap to clone, which dereferences to the record.
+///
+/// The allocation also holds the version's path, beside the reference count: the store's
+/// cache table checks a hit against that path, so that a cached read touches the table and
+/// this one line of memory (the count is incremented there too). With the path in the table
+/// and the count in a separate record, a cached read among 100,000 files waited on two trips
+/// to memory instead of one.
+#[derive(Clone)]
+pub struct SharedRecord(Arc<PathedRecord>);
+
+// The path first: with the count before it, both are in the allocation's first 64 bytes.
+#[repr(C)]
+struct PathedRecord {
+    path: HeldPath,
+    record: Record,
+}
+
+/// Paths up to this many bytes are held inline beside the record (48 bytes with their length
+/// and the variant's tag); longer ones are shared with the caller's [`FilePath`].
+pub const INLINE_PATH: usize = 46;
+
+enum HeldPath {
+    Inline { len: u8, bytes: [u8; INLINE_PATH] },
+    Shared(FilePath),
+}
+
+impl HeldPath {
+    fn new(path: &FilePath) -> HeldPath {
+        let raw = path.as_str().as_bytes();
+        match u8::try_from(raw.len()) {
+            Ok(len) if raw.len() <= INLINE_PATH => {
+                let mut bytes = [0; INLINE_PATH];
+                bytes[..raw.len()].copy_from_slice(raw);
+                HeldPath::Inline { len, bytes }
+            }
+            _ => HeldPath::Shared(path.clone()),
+        }
+    }
+
+    fn bytes(&self) -> &[u8] {
+        match self {
+            HeldPath::Inline { len, bytes } => &bytes[..usize::from(*len)],
+            HeldPath::Shared(path) => path.as_str().as_bytes(),
+        }
+    }
+}
+
+impl SharedRecord {
+    /// `record` as the version of `path`.
+    pub fn new(path: &FilePath, record: Record) -> SharedRecord {
+        SharedRecord(Arc::new(PathedRecord { path: HeldPath::new(path), record }))
+    }
+
+    /// The path this version belongs to, as bytes.
+    #[inline]
+    pub fn path_bytes(&self) -> &[u8] {
+        self.0.path.bytes()
+    }
+
+    /// The record itself (also reachable through `Deref`).
+    pub fn record(&self) -> &Record {
+        &self.0.record
+    }
+}
+
+impl std::ops::Deref for SharedRecord {
+    type Target = Record;
+
+    #[inline]
+    fn deref(&self) -> &Record {
+        &self.0.record
+    }
+}
+
+impl std::fmt::Debug for SharedRecord {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SharedRecord")
+            .field("path", &String::from_utf8_lossy(self.path_bytes()))
+            .field("record", &self.0.record)
+            .finish()
+    }
+}
+
+impl PartialEq for SharedRecord {
+    fn eq(&self, other: &SharedRecord) -> bool {
+        self.path_bytes() == other.path_bytes() && self.0.record == other.0.record
+    }
+}
+
+impl Eq for SharedRecord {}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -81,5 +175,18 @@ mod tests {
         assert_eq!(r.meta.hash[..4], [0xba, 0x78, 0x16, 0xbf]);
         assert!(!r.is_deleted());
         assert!(Record::deleted(2, 6, Arc::from("bob")).is_deleted());
+    }
+
+    #[test]
+    fn a_shared_record_holds_short_and_long_paths() {
+        let short = FilePath::parse("/home/a/x").unwrap();
+        let edge = FilePath::parse(&format!("/{}", "e".repeat(INLINE_PATH - 1))).unwrap();
+        let long = FilePath::parse(&format!("/{}", "l".repeat(INLINE_PATH))).unwrap();
+        for path in [&short, &edge, &long] {
+            let r = SharedRecord::new(path, Record::live(3, 5, Arc::from("a"), Bytes::from("c")));
+            assert_eq!(r.path_bytes(), path.as_str().as_bytes());
+            assert_eq!(r.meta.rev, 3);
+            assert_eq!(r.record().content.as_deref(), Some(&b"c"[..]));
+        }
     }
 }

@@ -25,7 +25,7 @@ use crate::partition_store::{
     PendingWrite, SharedCache,
 };
 use crate::path::FilePath;
-use crate::record::{FileMeta, Record};
+use crate::record::{FileMeta, SharedRecord};
 use crate::tree::{CompactStats, TreeFile};
 use crate::wal::{GroupSync, WalSync, DEFAULT_PREALLOCATE_BYTES, DEFAULT_SEGMENT_BYTES};
 
@@ -389,7 +389,7 @@ impl Store {
     }
 
     /// The file's current version, `None` if it does not exist or was deleted.
-    pub fn get(&self, path: &FilePath) -> Result<Option<Arc<Record>>> {
+    pub fn get(&self, path: &FilePath) -> Result<Option<SharedRecord>> {
         Ok(self.read(path)?.filter(|r| !r.is_deleted()))
     }
 
@@ -402,7 +402,7 @@ impl Store {
     /// no open partition has a dirty file (the hot path) needs neither the path's partition
     /// nor its lock; a miss then goes past the cache, which it does not ask twice.
     #[inline]
-    fn read(&self, path: &FilePath) -> Result<Option<Arc<Record>>> {
+    fn read(&self, path: &FilePath) -> Result<Option<SharedRecord>> {
         match self.cache.lookup(path) {
             Lookup::Hit(record) => {
                 if hit_is_sampled() {

@@ -4,7 +4,7 @@
 use std::sync::Arc;
 
 use bytes::Bytes;
-use ferry_file_server::{Edit, FilePath, Record, Store};
+use ferry_file_server::{Edit, FilePath, SharedRecord, Store};
 use ferry_protocol::{ErrorBody, ErrorCode};
 use serde_json::Value;
 
@@ -48,7 +48,7 @@ impl<'a> OpContext<'a> {
     }
 
     /// The file's current version (including this op's own writes); `None` if absent.
-    pub fn read(&self) -> Result<Option<Arc<Record>>, ErrorBody> {
+    pub fn read(&self) -> Result<Option<SharedRecord>, ErrorBody> {
         self.store.get(self.path).map_err(|e| store_error_body(&e))
     }
 

@@ -25,7 +25,7 @@ use std::sync::Arc;
 
 use super::hit_table::{Hasher, HitTable};
 use crate::path::FilePath;
-use crate::record::Record;
+use crate::record::{Record, SharedRecord};
 
 /// One hit in this many (per thread) is also reported to moka's policy. At one in 16 the
 /// reports were an eighth of a cached read's time.
@@ -70,7 +70,7 @@ impl CleanCache {
     }
 
     #[inline]
-    pub(super) fn get(&self, path: &FilePath) -> Option<Arc<Record>> {
+    pub(super) fn get(&self, path: &FilePath) -> Option<SharedRecord> {
         let found = self.mirror.get(path)?;
         if sampled() {
             self.show_hit(path);
@@ -83,12 +83,14 @@ impl CleanCache {
         self.policy.get(path);
     }
 
-    pub(super) fn insert(&self, path: FilePath, record: Arc<Record>) {
+    /// Holds `record` as the version of `path`, which must be the record's own path.
+    pub(super) fn insert(&self, path: FilePath, record: SharedRecord) {
         if !self.enabled {
             return;
         }
+        debug_assert_eq!(record.path_bytes(), path.as_str().as_bytes());
         let now = weight(&path, &record);
-        if self.mirror.insert(&path, record, now, |known| !reweigh(known, now)) {
+        if self.mirror.insert(record, now, |known| !reweigh(known, now)) {
             self.policy.insert(path, now);
         } else if sampled() {
             self.policy.get(&path);
@@ -148,8 +150,10 @@ mod tests {
     use super::*;
     use bytes::Bytes;
 
-    fn record(rev: u64, len: usize) -> Arc<Record> {
-        Arc::new(Record::live(rev, 1, Arc::from("t"), Bytes::from(vec![b'x'; len])))
+    /// Puts a version of `path` at `rev` with `len` bytes of content into `cache`.
+    fn put(cache: &CleanCache, path: FilePath, rev: u64, len: usize) {
+        let record = Record::live(rev, 1, Arc::from("t"), Bytes::from(vec![b'x'; len]));
+        cache.insert(path.clone(), SharedRecord::new(&path, record));
     }
 
     fn path(i: usize) -> FilePath {
@@ -160,7 +164,7 @@ mod tests {
     fn the_mirror_holds_no_more_than_the_byte_bound_allows() {
         let cache = CleanCache::new(100_000, Arc::new(HitTable::new(8)));
         for i in 0..2_000 {
-            cache.insert(path(i), record(1, 1_000));
+            put(&cache, path(i), 1, 1_000);
         }
         assert!(cache.weighted_size() <= 100_000);
         let held = cache.mirrored();
@@ -171,25 +175,23 @@ mod tests {
     #[test]
     fn a_newer_version_replaces_the_cached_one_and_stays() {
         let cache = CleanCache::new(1 << 20, Arc::new(HitTable::new(8)));
-        let old = record(1, 10);
-        let new = record(2, 10);
-        cache.insert(path(1), old);
-        cache.insert(path(1), new.clone());
+        put(&cache, path(1), 1, 10);
+        put(&cache, path(1), 2, 10);
         cache.mirrored();
-        assert!(Arc::ptr_eq(&cache.get(&path(1)).unwrap(), &new));
+        assert_eq!(cache.get(&path(1)).unwrap().meta.rev, 2);
     }
 
     #[test]
     fn files_that_grew_in_the_cache_are_weighed_again_and_the_bound_holds() {
         let cache = CleanCache::new(100_000, Arc::new(HitTable::new(8)));
         for i in 0..50 {
-            cache.insert(path(i), record(1, 100));
+            put(&cache, path(i), 1, 100);
         }
         assert_eq!(cache.mirrored(), 50);
         // Each file grows to 10 KB in new versions: only about ten fit now.
         for rev in 2..=100 {
             for i in 0..50 {
-                cache.insert(path(i), record(rev, 100 * rev as usize));
+                put(&cache, path(i), rev, 100 * rev as usize);
             }
         }
         assert!(cache.weighted_size() <= 100_000);
@@ -206,7 +208,7 @@ mod tests {
         let cache = CleanCache::new(100_000, Arc::new(HitTable::new(8)));
         let hot = |i: usize| FilePath::parse(&format!("/hot/{i}")).unwrap();
         for i in 0..20 {
-            cache.insert(hot(i), record(1, 1_000));
+            put(&cache, hot(i), 1, 1_000);
         }
         for i in 0..1_000 {
             for _ in 0..20 {
@@ -214,7 +216,7 @@ mod tests {
                     cache.get(&hot(h));
                 }
             }
-            cache.insert(path(i), record(1, 1_000));
+            put(&cache, path(i), 1, 1_000);
             cache.get(&path(i));
         }
         cache.mirrored();
@@ -233,7 +235,7 @@ mod tests {
     #[test]
     fn a_zero_byte_cache_keeps_nothing() {
         let cache = CleanCache::new(0, Arc::new(HitTable::new(8)));
-        cache.insert(path(1), record(1, 10));
+        put(&cache, path(1), 1, 10);
         assert_eq!(cache.mirrored(), 0);
         assert!(cache.get(&path(1)).is_none());
     }

@@ -34,7 +34,7 @@ use crate::backend::StorageDir;
 use crate::error::{Result, StoreError};
 use crate::lock::WriterLock;
 use crate::path::FilePath;
-use crate::record::{FileMeta, Record};
+use crate::record::{FileMeta, Record, SharedRecord};
 use crate::store::StoreOptions;
 use crate::tree::{Snapshot, TreeFile};
 use crate::wal::{GroupSync, WalOptions, WalRecovery, WriteAheadLog, WrittenPoint};
@@ -111,7 +111,7 @@ pub struct PartitionStats {
 
 struct Dirty {
     path: FilePath,
-    record: Arc<Record>,
+    record: SharedRecord,
     lsn: u64,
 }
 
@@ -202,12 +202,13 @@ impl PartitionStore {
                 })?;
                 let current = match dirty.get(entry.path) {
                     Some(d) => Some(d.record.clone()),
-                    None => snapshot.get(&path)?.map(Arc::new),
+                    None => snapshot.get(&path)?.map(|r| SharedRecord::new(&path, r)),
                 };
                 let record = replay_entry(current.as_deref(), &path, entry).map_err(|e| {
                     StoreError::corrupt(dir.path(), 0, format!("WAL record {lsn}: {e}"))
                 })?;
-                dirty.insert(Box::from(entry.path), Dirty { path, record: Arc::new(record), lsn });
+                let record = SharedRecord::new(&path, record);
+                dirty.insert(Box::from(entry.path), Dirty { path, record, lsn });
                 Ok(())
             },
         )?;
@@ -279,7 +280,7 @@ impl PartitionStore {
         };
         st.dirty.insert(
             Box::from(change.path.as_str()),
-            Dirty { path: change.path, record: Arc::new(record), lsn },
+            Dirty { record: SharedRecord::new(&change.path, record), path: change.path, lsn },
         );
         let dirty = st.dirty.len();
         inner.dirty_files.set(dirty);
@@ -337,19 +338,19 @@ impl PartitionStore {
     }
 
     /// The file's current version, `None` if it does not exist or was deleted.
-    pub fn get(&self, path: &FilePath) -> Result<Option<Arc<Record>>> {
+    pub fn get(&self, path: &FilePath) -> Result<Option<SharedRecord>> {
         Ok(self.read(path)?.filter(|r| !r.is_deleted()))
     }
 
     /// The current version of `path`, tombstones included.
-    pub(crate) fn read(&self, path: &FilePath) -> Result<Option<Arc<Record>>> {
+    pub(crate) fn read(&self, path: &FilePath) -> Result<Option<SharedRecord>> {
         self.inner.read(path)
     }
 
     /// [`PartitionStore::read`] for a caller that has just missed `path` in the
     /// [`SharedCache`] while nothing was dirty ([`Lookup::NotCached`]): the cache is not
     /// asked again unless the partition has become dirty since.
-    pub(crate) fn read_past_cache(&self, path: &FilePath) -> Result<Option<Arc<Record>>> {
+    pub(crate) fn read_past_cache(&self, path: &FilePath) -> Result<Option<SharedRecord>> {
         self.inner.read_past_cache(path)
     }
 
@@ -378,7 +379,7 @@ impl PartitionStore {
                 Some(a) if a >= prefix => std::ops::Bound::Excluded(a),
                 _ => std::ops::Bound::Included(prefix),
             };
-            let dirty: Vec<(FilePath, Arc<Record>)> = st
+            let dirty: Vec<(FilePath, SharedRecord)> = st
                 .dirty
                 .range::<str, _>((lower, std::ops::Bound::Unbounded))
                 .take_while(|(k, _)| k.starts_with(prefix))
@@ -503,14 +504,14 @@ fn spawn_flusher(
 
 impl Inner {
     /// The current version of `path` (tombstones included) for a writer holding the lock.
-    fn current(&self, st: &State, path: &FilePath) -> Result<Option<Arc<Record>>> {
+    fn current(&self, st: &State, path: &FilePath) -> Result<Option<SharedRecord>> {
         if let Some(d) = st.dirty.get(path.as_str()) {
             return Ok(Some(d.record.clone()));
         }
         if let Some(r) = self.cache.get(path) {
             return Ok(Some(r));
         }
-        let found = st.snapshot.get(path)?.map(Arc::new);
+        let found = st.snapshot.get(path)?.map(|r| SharedRecord::new(path, r));
         if let Some(r) = &found {
             // Safe under the writer's lock: no flush can move a newer version meanwhile.
             self.cache.insert(path.clone(), r.clone());
@@ -520,7 +521,7 @@ impl Inner {
 
     /// The current version of `path` (tombstones included) for a reader.
     #[inline]
-    fn read(&self, path: &FilePath) -> Result<Option<Arc<Record>>> {
+    fn read(&self, path: &FilePath) -> Result<Option<SharedRecord>> {
         // Not dirty, so the cache holds the current version if it holds any (flushes fill it
         // before versions leave the dirty set). The hit is the hot path: it takes no lock but
         // the hit table's shard.
@@ -535,7 +536,7 @@ impl Inner {
     /// The rest of [`Inner::read`], kept out of line so that the cached read stays short: the
     /// dirty set while there is one, then the cache, then the tree.
     #[inline(never)]
-    fn read_past_cache(&self, path: &FilePath) -> Result<Option<Arc<Record>>> {
+    fn read_past_cache(&self, path: &FilePath) -> Result<Option<SharedRecord>> {
         if !self.dirty_files.is_zero() {
             if let Some(d) = self.state.read().dirty.get(path.as_str()) {
                 return Ok(Some(d.record.clone()));
@@ -551,7 +552,7 @@ impl Inner {
             }
             (st.snapshot.clone(), st.generation)
         };
-        let found = snapshot.get(path)?.map(Arc::new);
+        let found = snapshot.get(path)?.map(|r| SharedRecord::new(path, r));
         if let Some(r) = &found {
             let st = self.state.read();
             if st.generation == generation && !st.dirty.contains_key(path.as_str()) {
@@ -580,7 +581,7 @@ impl Inner {
                 self.wal.wait_no_open_group();
                 continue;
             }
-            let batch: Vec<(FilePath, Arc<Record>, u64)> =
+            let batch: Vec<(FilePath, SharedRecord, u64)> =
                 st.dirty.values().map(|d| (d.path.clone(), d.record.clone(), d.lsn)).collect();
             // Appends happen under the write lock, so every LSN so far is in `batch`.
             break (batch, self.wal.last_lsn());

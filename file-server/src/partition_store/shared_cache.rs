@@ -12,7 +12,7 @@ use std::sync::Arc;
 
 use super::hit_table::HitTable;
 use crate::path::FilePath;
-use crate::record::Record;
+use crate::record::SharedRecord;
 
 /// Hit-table shards per partition: the table's shards stay as small as one partition's own
 /// table was.
@@ -54,7 +54,7 @@ impl SharedCache {
 /// The answer of [`SharedCache::lookup`].
 pub(crate) enum Lookup {
     /// The current version (a tombstone too).
-    Hit(Arc<Record>),
+    Hit(SharedRecord),
     /// No partition was dirty and the path is not cached: its partition's tree holds it if
     /// anything does (unless a change arrived since, which the partition's read sees).
     NotCached,
