@@ -9,6 +9,18 @@ use anyhow::Context;
 use clap::{Parser, Subcommand};
 use ferry_config::{ConfigSources, LoadedConfig};
 
+/// jemalloc rather than glibc's malloc: it keeps allocations of one size together (the
+/// store's cached records among them), and on transparent huge pages its arenas need far
+/// fewer TLB entries. Cached reads of 100,000 files were about a quarter faster (see
+/// BENCHMARKS.md); the store's benchmark runs the same allocator.
+#[global_allocator]
+static ALLOCATOR: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
+
+/// jemalloc's options, read before `main`: its arenas on transparent huge pages (where the
+/// kernel allows them on request, as Debian's default `madvise` does).
+#[export_name = "_rjem_malloc_conf"]
+static JEMALLOC_OPTIONS: &[u8; 11] = b"thp:always\0";
+
 #[derive(Parser, Debug)]
 #[command(name = "ferry", version, about = "Realtime file and instruction processing pipeline")]
 struct Cli {

@@ -20,6 +20,13 @@ use store_bench::table::{self, Baseline, Better, Goal, Row};
 use store_bench::timing::{micros, micros_histogram, p50_p99};
 use store_bench::{ferry, lmdb, redb_peer, sqlite};
 
+/// The allocator and options of the `ferry` binary (see its `main.rs`), for every engine here.
+#[global_allocator]
+static ALLOCATOR: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
+
+#[export_name = "_rjem_malloc_conf"]
+static JEMALLOC_OPTIONS: &[u8; 11] = b"thp:always\0";
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
 enum Workload {
     /// Batch write of `--files` files of `--small-size` bytes.
