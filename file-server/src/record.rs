@@ -141,11 +141,6 @@ impl SharedRecord {
     pub fn path_bytes(&self) -> &[u8] {
         self.0.path.bytes()
     }
-
-    /// The record itself (also reachable through `Deref`).
-    pub fn record(&self) -> &Record {
-        &self.0.record
-    }
 }
 
 impl std::ops::Deref for SharedRecord {
@@ -205,7 +200,7 @@ mod tests {
             let r = SharedRecord::new(path, Record::live(3, 5, Arc::from("a"), Bytes::from("c")));
             assert_eq!(r.path_bytes(), path.as_str().as_bytes());
             assert_eq!(r.meta.rev, 3);
-            assert_eq!(r.record().content.as_deref(), Some(&b"c"[..]));
+            assert_eq!(r.content.as_deref(), Some(&b"c"[..]));
             assert!(!r.is_deleted());
         }
         assert!(SharedRecord::new(&short, Record::deleted(4, 5, Arc::from("a"))).is_deleted());
