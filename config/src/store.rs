@@ -43,7 +43,8 @@ pub struct StoreConfig {
     pub partition_depth: u32,
     /// Largest file content in bytes. Default 16 MiB.
     pub max_file_size: u64,
-    /// Bytes of clean files kept in the cache. Default 256 MiB.
+    /// Bytes of memory for the cache of clean files (content, path and author plus about 550
+    /// bytes of bookkeeping per file). Default 256 MiB.
     pub cache_bytes: u64,
     /// Write-behind: flush dirty files into the B+tree this often. Default 100 ms.
     pub flush_interval_ms: u64,
