@@ -161,14 +161,6 @@ impl std::fmt::Debug for SharedRecord {
     }
 }
 
-impl PartialEq for SharedRecord {
-    fn eq(&self, other: &SharedRecord) -> bool {
-        self.path_bytes() == other.path_bytes() && self.0.record == other.0.record
-    }
-}
-
-impl Eq for SharedRecord {}
-
 #[cfg(test)]
 mod tests {
     use super::*;
