@@ -1,8 +1,9 @@
 //! `PartitionConsumer`: the worker side of the instruction path for one partition.
 //!
 //! An async task consumes the partition's queue (its own channel: delivery tags are per
-//! channel) and hands each message's instructions to the partition's apply thread, which runs
-//! [`Worker::apply_batch`] over everything waiting (several messages share group commits). The
+//! channel) and hands each message's instructions, with the partition's [`Worker`], to the
+//! process's [`ApplyThread`], which applies everything waiting in rounds over all partitions
+//! (several messages share group commits, several partitions one log sync). The
 //! worker answers only once the changes are in the WAL; the task then hands the message's
 //! answers to the process's [`Replies`](crate::replies::Replies), which batches them per reply
 //! queue with the answers of its other messages and partitions, and acknowledges every message
@@ -17,16 +18,13 @@
 //!
 //! [`PartitionConsumer::stop`] is the handover: cancel the consumer, let the apply thread
 //! finish what it was given, answer and acknowledge it, then close the channel, which returns
-//! anything delivered but not started to the queue, ahead of later messages.
+//! anything delivered but not started to the queue, ahead of later messages. It returns only
+//! once the apply thread holds nothing of the partition's, its worker included.
 
-use std::panic::AssertUnwindSafe;
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
-use std::thread::JoinHandle;
 
-use crossbeam_channel::{Receiver, Sender};
+use crossbeam_channel::Sender;
 use ferry_instruction_worker::Worker;
-use ferry_protocol::{Answer, Instruction, ReplyTo};
 use futures_util::StreamExt;
 use lapin::options::{
     BasicAckOptions, BasicCancelOptions, BasicConsumeOptions, BasicNackOptions, BasicQosOptions,
@@ -34,11 +32,11 @@ use lapin::options::{
 };
 use lapin::types::FieldTable;
 use lapin::{Channel, Connection};
-use parking_lot::Mutex;
 use tokio::sync::mpsc;
 use tokio::task::JoinHandle as TaskHandle;
 use tokio_util::sync::CancellationToken;
 
+use crate::apply_thread::{ApplyThread, Job, Outcome};
 use crate::codec::decode_instructions;
 use crate::replies::ReplySender;
 use crate::topology::Topology;
@@ -48,7 +46,7 @@ use crate::topology::Topology;
 pub struct ConsumerOptions {
     /// Messages delivered and not yet acknowledged (default 64).
     pub prefetch: u16,
-    /// Most instructions applied as one batch (default 2,048).
+    /// Most instructions the process's [`ApplyThread`] applies in one round (default 2,048).
     pub max_batch: usize,
 }
 
@@ -68,36 +66,6 @@ pub enum ConsumerError {
         #[source]
         source: lapin::Error,
     },
-    #[error("starting the apply thread of partition {partition}: {source}")]
-    Spawn {
-        partition: u32,
-        #[source]
-        source: std::io::Error,
-    },
-}
-
-/// One delivered message, for the apply thread.
-struct Job {
-    tag: u64,
-    reply_to: Option<String>,
-    instructions: Vec<Instruction>,
-    /// A redelivered message is applied in a batch of its own: if it was returned because its
-    /// batch made the worker panic, only a poison message fails again, and the innocent
-    /// messages of that batch do not use up their deliveries with it.
-    alone: bool,
-}
-
-/// What the apply thread made of one message.
-enum Outcome {
-    Answered {
-        tag: u64,
-        reply_to: Option<String>,
-        answers: Vec<Answer>,
-    },
-    /// The worker panicked while applying the batch holding this message.
-    Failed {
-        tag: u64,
-    },
 }
 
 /// Consumes one partition's queue into a worker. See the module documentation.
@@ -108,21 +76,20 @@ pub struct PartitionConsumer {
 }
 
 impl PartitionConsumer {
-    /// Starts consuming `partition` on a new channel of `connection`; answers go to
-    /// `replies`, and `applied` counts the instructions applied (for the node's description in
-    /// `ferry status`).
+    /// Starts consuming `partition` on a new channel of `connection` (`prefetch` messages
+    /// delivered and not yet acknowledged) into `worker` on `apply`; answers go to `replies`.
     pub async fn start(
         connection: &Connection,
         topology: &Topology,
         partition: u32,
         worker: Arc<Worker>,
-        options: ConsumerOptions,
-        applied: Arc<AtomicU64>,
+        prefetch: u16,
+        apply: &ApplyThread,
         replies: ReplySender,
     ) -> Result<PartitionConsumer, ConsumerError> {
         let broker = |source| ConsumerError::Broker { partition, source };
         let channel = connection.create_channel().await.map_err(broker)?;
-        channel.basic_qos(options.prefetch, BasicQosOptions::default()).await.map_err(broker)?;
+        channel.basic_qos(prefetch, BasicQosOptions::default()).await.map_err(broker)?;
         let tag = format!("ferry-worker-{}-p{partition:03}", std::process::id());
         let consumer = channel
             .basic_consume(
@@ -133,22 +100,16 @@ impl PartitionConsumer {
             )
             .await
             .map_err(broker)?;
-        let (jobs_tx, jobs_rx) = crossbeam_channel::unbounded::<Job>();
         let (done_tx, done_rx) = mpsc::unbounded_channel::<Outcome>();
-        let max_batch = options.max_batch.max(1);
-        let thread = std::thread::Builder::new()
-            .name(format!("ferry-apply-p{partition:03}"))
-            .spawn(move || apply_loop(&worker, &jobs_rx, &done_tx, max_batch, &applied))
-            .map_err(|source| ConsumerError::Spawn { partition, source })?;
         let cancel = CancellationToken::new();
+        let feed = Feed { jobs: apply.jobs(), worker, done: done_tx };
         let task = tokio::spawn(consume(
             partition,
             channel,
             consumer,
             tag,
-            jobs_tx,
+            feed,
             done_rx,
-            thread,
             replies,
             cancel.clone(),
         ));
@@ -175,64 +136,13 @@ impl PartitionConsumer {
     }
 }
 
-fn apply_loop(
-    worker: &Worker,
-    jobs: &Receiver<Job>,
-    done: &mpsc::UnboundedSender<Outcome>,
-    max_batch: usize,
-    applied_total: &AtomicU64,
-) {
-    let mut held: Option<Job> = None;
-    loop {
-        let Some(first) = held.take().or_else(|| jobs.recv().ok()) else { return };
-        let mut count = first.instructions.len();
-        let alone = first.alone;
-        let mut batch = vec![first];
-        while count < max_batch && !alone {
-            match jobs.try_recv() {
-                Ok(job) if job.alone => {
-                    held = Some(job);
-                    break;
-                }
-                Ok(job) => {
-                    count += job.instructions.len();
-                    batch.push(job);
-                }
-                Err(_) => break,
-            }
-        }
-        // `apply_batch` answers every instruction before it returns, in order.
-        let answers: Arc<Mutex<Vec<Answer>>> = Arc::new(Mutex::new(Vec::with_capacity(count)));
-        let mut items: Vec<(Instruction, ReplyTo)> = Vec::with_capacity(count);
-        let mut shapes = Vec::with_capacity(batch.len());
-        for job in batch {
-            shapes.push((job.tag, job.reply_to, job.instructions.len()));
-            for instruction in job.instructions {
-                let answers = answers.clone();
-                items.push((instruction, Box::new(move |a| answers.lock().push(a))));
-            }
-        }
-        let applied = std::panic::catch_unwind(AssertUnwindSafe(|| worker.apply_batch(items)));
-        if applied.is_ok() {
-            applied_total.fetch_add(count as u64, Ordering::Relaxed);
-        }
-        let mut answers = std::mem::take(&mut *answers.lock()).into_iter();
-        for (tag, reply_to, n) in shapes {
-            let outcome = if applied.is_ok() {
-                Outcome::Answered { tag, reply_to, answers: answers.by_ref().take(n).collect() }
-            } else {
-                Outcome::Failed { tag }
-            };
-            if done.send(outcome).is_err() {
-                return;
-            }
-        }
-        if applied.is_err() {
-            tracing::error!(
-                "the worker panicked applying a batch: its messages go back to the queue"
-            );
-        }
-    }
+/// What a consumer hands its messages to. Dropped when the consumer stops consuming: the
+/// outcomes' channel then closes once the apply thread is done with every job (each holds a
+/// clone of `done`), which is how the consumer knows that nothing of its partition is left.
+struct Feed {
+    jobs: Sender<Job>,
+    worker: Arc<Worker>,
+    done: mpsc::UnboundedSender<Outcome>,
 }
 
 #[allow(clippy::too_many_arguments)]
@@ -241,14 +151,13 @@ async fn consume(
     channel: Channel,
     mut consumer: lapin::Consumer,
     tag: String,
-    jobs: Sender<Job>,
+    feed: Feed,
     mut done: mpsc::UnboundedReceiver<Outcome>,
-    thread: JoinHandle<()>,
     replies: ReplySender,
     cancel: CancellationToken,
 ) {
     let mut acks = Acks::default();
-    let mut jobs = Some(jobs);
+    let mut feed = Some(feed);
     let mut consuming = true;
     loop {
         tokio::select! {
@@ -257,8 +166,8 @@ async fn consume(
                 if let Err(e) = channel.basic_cancel(tag.as_str().into(), BasicCancelOptions::default()).await {
                     tracing::warn!(partition, error = %e, "cancelling the consumer");
                 }
-                // The apply thread ends once it has applied what it holds.
-                jobs = None;
+                // The outcomes end once the apply thread has applied what it holds.
+                feed = None;
             }
             delivery = consumer.next(), if consuming => {
                 match delivery {
@@ -267,9 +176,20 @@ async fn consume(
                         match decode_instructions(&delivery.data) {
                             Ok(instructions) => {
                                 let reply_to = delivery.properties.reply_to().as_ref().map(|q| q.to_string());
-                                if let Some(jobs) = &jobs {
-                                    let alone = delivery.redelivered;
-                                    let _ = jobs.send(Job { tag, reply_to, instructions, alone });
+                                if let Some(f) = &feed {
+                                    let job = Job {
+                                        worker: f.worker.clone(),
+                                        done: f.done.clone(),
+                                        tag,
+                                        reply_to,
+                                        instructions,
+                                        alone: delivery.redelivered,
+                                    };
+                                    if f.jobs.send(job).is_err() {
+                                        tracing::error!(partition, "the apply thread is gone");
+                                        consuming = false;
+                                        feed = None;
+                                    }
                                 }
                             }
                             Err(e) => {
@@ -282,11 +202,11 @@ async fn consume(
                     Some(Err(e)) => {
                         tracing::warn!(partition, error = %e, "partition consumer failed");
                         consuming = false;
-                        jobs = None;
+                        feed = None;
                     }
                     None => {
                         consuming = false;
-                        jobs = None;
+                        feed = None;
                     }
                 }
             }
@@ -301,10 +221,6 @@ async fn consume(
         }
     }
     acks.flush(&channel).await;
-    drop(jobs);
-    if thread.join().is_err() {
-        tracing::error!(partition, "the apply thread panicked");
-    }
     // Whatever was delivered and not acknowledged goes back to the queue.
     let _ = channel.close(200, "partition released".into()).await;
 }
@@ -340,87 +256,5 @@ async fn handle(channel: &Channel, replies: &ReplySender, acks: &mut Acks, outco
                 tracing::warn!(error = %e, "returning a failed instruction message");
             }
         }
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use ferry_file_server::{InitOptions, Store, StoreOptions, WalSync};
-    use ferry_instruction_worker::{LocalBus, LocalBusOptions, WorkerOptions};
-    use ferry_protocol::{
-        ChangeBus, ChangeEvent, EventSink, History, Operation, RequestId, Rights, SubscriptionId,
-        Topic,
-    };
-
-    use super::*;
-
-    /// A bus that panics on changes of `/poison/`: the worker fails whatever batch holds one.
-    struct PoisonedBus(LocalBus);
-
-    impl ChangeBus for PoisonedBus {
-        fn publish(&self, event: ChangeEvent) {
-            assert!(!event.path.starts_with("/poison/"), "poisoned");
-            self.0.publish(event)
-        }
-        fn subscribe(&self, topic: Topic, sink: Arc<dyn EventSink>) -> SubscriptionId {
-            self.0.subscribe(topic, sink)
-        }
-        fn unsubscribe(&self, id: SubscriptionId) {
-            self.0.unsubscribe(id)
-        }
-        fn history(&self, path: &str, since_rev: u64) -> History {
-            self.0.history(path, since_rev)
-        }
-    }
-
-    /// Delivery `tag` of instruction `id`.
-    fn job(tag: u64, id: u64, path: &str, alone: bool) -> Job {
-        let instruction = Instruction {
-            id,
-            client_id: "c".into(),
-            request_id: RequestId::from(id),
-            subject: "s".into(),
-            rights: Arc::new(Rights::all()),
-            // No key for the poison one: every delivery applies it again (and fails again).
-            key: if path.starts_with("/poison/") { String::new() } else { format!("k{id}") },
-            op: Operation::Append { path: path.into(), content: "x".into() },
-            received_at_us: 0,
-        };
-        Job { tag, reply_to: None, instructions: vec![instruction], alone }
-    }
-
-    /// Runs `apply_loop` over `jobs` (all queued before it starts, so that it batches them).
-    fn outcomes(worker: &Worker, jobs: Vec<Job>) -> Vec<(u64, bool)> {
-        let (tx, rx) = crossbeam_channel::unbounded();
-        jobs.into_iter().for_each(|j| tx.send(j).unwrap());
-        drop(tx);
-        let (done_tx, mut done_rx) = mpsc::unbounded_channel();
-        apply_loop(worker, &rx, &done_tx, 100, &AtomicU64::new(0));
-        let mut out = Vec::new();
-        while let Ok(outcome) = done_rx.try_recv() {
-            out.push(match outcome {
-                Outcome::Answered { tag, .. } => (tag, true),
-                Outcome::Failed { tag } => (tag, false),
-            });
-        }
-        out
-    }
-
-    #[test]
-    fn redelivered_messages_are_applied_alone_so_only_the_poison_one_fails_again() {
-        let dir = tempfile::tempdir().unwrap();
-        Store::init(dir.path(), InitOptions { partitions: 1, partition_depth: 2 }).unwrap();
-        let options = StoreOptions { wal_sync: WalSync::Os, ..StoreOptions::default() };
-        let store = Arc::new(Store::open(dir.path(), options).unwrap());
-        let bus = Arc::new(PoisonedBus(LocalBus::new(LocalBusOptions::default())));
-        let worker = Worker::new(store, bus, None, WorkerOptions::default()).unwrap();
-        // First delivery: one batch, which the poison message makes panic.
-        let first =
-            outcomes(&worker, vec![job(1, 1, "/poison/x", false), job(2, 2, "/home/a", false)]);
-        assert_eq!(first, [(1, false), (2, false)]);
-        // Redelivered: each alone; the innocent one is answered (from its idempotency key).
-        let again =
-            outcomes(&worker, vec![job(3, 1, "/poison/x", true), job(4, 2, "/home/a", true)]);
-        assert_eq!(again, [(3, false), (4, true)]);
     }
 }

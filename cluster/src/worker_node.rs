@@ -29,6 +29,7 @@ use lapin::{Connection, ConnectionProperties};
 use parking_lot::Mutex;
 use tokio_util::sync::CancellationToken;
 
+use crate::apply_thread::ApplyThread;
 use crate::assignment::owned_by;
 use crate::membership::{Membership, MembershipError, Role};
 use crate::partition_consumer::{ConsumerOptions, PartitionConsumer};
@@ -81,6 +82,8 @@ pub enum WorkerNodeError {
     Layout(#[source] StoreError),
     #[error(transparent)]
     Membership(#[from] MembershipError),
+    #[error("starting the apply thread: {0}")]
+    ApplyThread(#[source] std::io::Error),
 }
 
 /// What a running node holds, for status and tests.
@@ -143,6 +146,8 @@ pub struct WorkerNode {
     broker: Option<Broker>,
     /// Instructions applied by this process, over every partition it held.
     applied: Arc<AtomicU64>,
+    /// Applies what every partition consumer receives.
+    apply: ApplyThread,
 }
 
 impl WorkerNode {
@@ -158,6 +163,9 @@ impl WorkerNode {
             Membership::connect(&options.redis_url, &options.namespace, Role::Worker).await?;
         membership.agree_layout(layout.partitions, layout.partition_depth).await?;
         let topology = Topology::new(&options.namespace, layout.partitions, options.queue_limits);
+        let applied = Arc::new(AtomicU64::new(0));
+        let apply = ApplyThread::start(options.consumer.max_batch, applied.clone())
+            .map_err(WorkerNodeError::ApplyThread)?;
         Ok(WorkerNode {
             options,
             bus,
@@ -167,7 +175,8 @@ impl WorkerNode {
             state: Arc::new(NodeState::default()),
             held: BTreeMap::new(),
             broker: None,
-            applied: Arc::new(AtomicU64::new(0)),
+            applied,
+            apply,
         })
     }
 
@@ -198,6 +207,9 @@ impl WorkerNode {
         if let Some(broker) = self.broker.take() {
             broker.close("ferry worker stopping").await;
         }
+        // Every consumer has stopped: the thread holds nothing and ends at once.
+        let apply = self.apply;
+        let _ = tokio::task::spawn_blocking(move || apply.stop()).await;
         tracing::info!(id = %self.options.id, "worker node stopped");
     }
 
@@ -346,8 +358,8 @@ impl WorkerNode {
             &self.topology,
             partition,
             worker,
-            self.options.consumer,
-            self.applied.clone(),
+            self.options.consumer.prefetch,
+            &self.apply,
             broker.replies.sender(),
         )
         .await

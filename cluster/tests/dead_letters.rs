@@ -6,6 +6,7 @@ use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use ferry_cluster::apply_thread::ApplyThread;
 use ferry_cluster::codec::{decode_answers, encode_instructions};
 use ferry_cluster::dead_letters::{list, replay};
 use ferry_cluster::partition_consumer::{ConsumerOptions, PartitionConsumer};
@@ -277,13 +278,15 @@ async fn unreadable_and_repeatedly_failing_messages_reach_the_dead_letters() {
     let worker = Arc::new(Worker::new(store, bus, None, WorkerOptions::default()).unwrap());
     let applied = Arc::new(AtomicU64::new(0));
     let replies = Replies::start(&connection).await.unwrap();
+    let options = ConsumerOptions::default();
+    let apply = ApplyThread::start(options.max_batch, applied.clone()).unwrap();
     let consumer = PartitionConsumer::start(
         &connection,
         t,
         0,
         worker,
-        ConsumerOptions::default(),
-        applied.clone(),
+        options.prefetch,
+        &apply,
         replies.sender(),
     )
     .await
@@ -340,5 +343,6 @@ async fn unreadable_and_repeatedly_failing_messages_reach_the_dead_letters() {
     assert!(answer[0].result.is_ok(), "{:?}", answer[0].result);
     assert_eq!(applied.load(Ordering::Relaxed), 1);
     consumer.stop().await;
+    apply.stop();
     depth_reaches(&connection, &t.dead_letters(), 2).await;
 }

@@ -338,46 +338,9 @@ impl Store {
     /// ([`WalGroupSync::Filesystem`]). Best effort: a log it does not cover (alone on its file
     /// system, or the sync failed) is synced by whoever waits for it, as in `Sequential`.
     fn sync_logs_together(&self, partitions: &[u32]) {
-        if !self.filesystem_sync_gate.is_open(Instant::now()) {
-            return;
-        }
-        let mut logs: Vec<(u64, &PartitionStore)> = partitions
-            .iter()
-            .filter_map(|&p| self.partitions[p as usize].as_ref())
-            .filter_map(|part| Some((part.filesystem()?, part)))
-            .collect();
-        logs.sort_by_key(|&(filesystem, _)| filesystem);
-        for same in logs.chunk_by(|a, b| a.0 == b.0).filter(|same| same.len() > 1) {
-            // A log whose write failed has failed as a whole: its waiters get that error.
-            let written: Vec<_> = same
-                .iter()
-                .filter_map(|&(_, part)| Some((part, part.write_log_unsynced().ok()?)))
-                .collect();
-            let started = Instant::now();
-            let synced = same[0].1.sync_filesystem();
-            let now = Instant::now();
-            if let Some(closed_for) = self.filesystem_sync_gate.record(now - started, now) {
-                tracing::warn!(
-                    dir = %self.dir.display(), took_ms = (now - started).as_millis() as u64,
-                    closed_for_s = closed_for.as_secs(),
-                    "a file-system sync of the write-ahead logs was slow (other writers' data \
-                     on the same file system?); syncing each log on its own for a while"
-                );
-            }
-            match synced {
-                Ok(()) => {
-                    for (part, point) in written {
-                        part.mark_log_synced(point);
-                    }
-                }
-                Err(e) => tracing::warn!(
-                    dir = %self.dir.display(), error = %e,
-                    "file-system sync of the write-ahead logs failed; syncing each log instead"
-                ),
-            }
-        }
+        let parts = partitions.iter().filter_map(|&p| self.partitions[p as usize].as_ref());
+        sync_logs_by_filesystem(&self.dir, &self.filesystem_sync_gate, parts);
     }
-
     /// Applies a change and waits until it is durable (see [`PartitionStore::apply`]).
     pub fn apply(&self, change: Change) -> Result<Applied> {
         self.route(&change.path)?.apply(change)
@@ -554,6 +517,81 @@ fn write_manifest(dir: &Path, layout: InitOptions) -> Result<()> {
     sync_dir(dir)
 }
 
+/// Makes the logs of `parts` durable with one sync of each file system that two or more of
+/// them share, while `gate` allows it; see [`WalGroupSync::Filesystem`].
+fn sync_logs_by_filesystem<'a>(
+    dir: &Path,
+    gate: &FilesystemSyncGate,
+    parts: impl Iterator<Item = &'a PartitionStore>,
+) {
+    if !gate.is_open(Instant::now()) {
+        return;
+    }
+    let mut logs: Vec<(u64, &PartitionStore)> =
+        parts.filter_map(|part| Some((part.filesystem()?, part))).collect();
+    logs.sort_by_key(|&(filesystem, _)| filesystem);
+    for same in logs.chunk_by(|a, b| a.0 == b.0).filter(|same| same.len() > 1) {
+        // A log whose write failed has failed as a whole: its waiters get that error.
+        let written: Vec<_> = same
+            .iter()
+            .filter_map(|&(_, part)| Some((part, part.write_log_unsynced().ok()?)))
+            .collect();
+        let started = Instant::now();
+        let synced = same[0].1.sync_filesystem();
+        let now = Instant::now();
+        if let Some(closed_for) = gate.record(now - started, now) {
+            tracing::warn!(
+                dir = %dir.display(), took_ms = (now - started).as_millis() as u64,
+                closed_for_s = closed_for.as_secs(),
+                "a file-system sync of the write-ahead logs was slow (other writers' data \
+                 on the same file system?); syncing each log on its own for a while"
+            );
+        }
+        match synced {
+            Ok(()) => {
+                for (part, point) in written {
+                    part.mark_log_synced(point);
+                }
+            }
+            Err(e) => tracing::warn!(
+                dir = %dir.display(), error = %e,
+                "file-system sync of the write-ahead logs failed; syncing each log instead"
+            ),
+        }
+    }
+}
+
+/// One sync of the file system for the logs of several stores, as a [`WriteGroup`] over
+/// several partitions of one store does it ([`WalGroupSync::Filesystem`]): for a process that
+/// holds each partition in a store of its own (a cluster worker, whose partitions come and
+/// go) and applies to several of them in one round. Call [`JointLogSync::sync`] after
+/// submitting the round's changes and before waiting for them: the waits then find their
+/// changes durable. Best effort in the same way: a log it does not cover is synced by whoever
+/// waits for it. Only stores that sync under [`WalSync::Always`] with
+/// [`WalGroupSync::Filesystem`] take part.
+pub struct JointLogSync {
+    gate: FilesystemSyncGate,
+}
+
+impl Default for JointLogSync {
+    fn default() -> JointLogSync {
+        JointLogSync { gate: FilesystemSyncGate::new(Box::new(dirty_page_bytes)) }
+    }
+}
+
+impl JointLogSync {
+    /// Makes every change submitted so far to the open partitions of `stores` durable, with
+    /// one sync per file system that two or more of their logs share.
+    pub fn sync(&self, stores: &[&Store]) {
+        let Some(first) = stores.first() else { return };
+        let parts = stores
+            .iter()
+            .filter(|s| s.wal_sync == WalSync::Always && s.group_sync == WalGroupSync::Filesystem)
+            .flat_map(|s| s.partitions());
+        sync_logs_by_filesystem(&first.dir, &self.gate, parts);
+    }
+}
+
 /// Changes bound into one atomic group per partition (see [`Store::group`]): every change
 /// submitted to a joined partition, by any caller, until the group is dropped. None of them is
 /// acknowledged ([`PendingWrite::wait`]) before the group is dropped, so drop it before
@@ -606,5 +644,47 @@ impl Drop for WriteGroup<'_> {
         {
             store.sync_logs_together(&self.joined);
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_joint_log_sync_makes_the_grouped_changes_of_several_stores_durable_at_once() {
+        let tmp = tempfile::tempdir().unwrap();
+        Store::init(tmp.path(), InitOptions { partitions: 2, partition_depth: 2 }).unwrap();
+        let options = StoreOptions { wal_preallocate_bytes: 64 << 10, ..StoreOptions::default() };
+        let stores: Vec<Store> =
+            (0..2).map(|p| Store::open_partitions(tmp.path(), &[p], options).unwrap()).collect();
+        let mut pending = Vec::new();
+        for (p, store) in stores.iter().enumerate() {
+            let path = (0..)
+                .map(|i| FilePath::parse(&format!("/j{i}/f")).unwrap())
+                .find(|path| store.partition_of(path) == p as u32)
+                .unwrap();
+            // In a group, nothing but its caller syncs the log (no syncer thread is woken).
+            let mut group = store.group();
+            group.join(&path);
+            pending.push(store.submit(Change::put(path, "joint", "w")).unwrap());
+            drop(group);
+        }
+        let part = |p: usize| stores[p].partitions().next().unwrap();
+        for (p, w) in pending.iter().enumerate() {
+            assert!(part(p).log_synced_lsn() < w.lsn(), "partition {p} was synced already");
+        }
+        // A gate that never sees other writers' dirty data: this test is about the sync.
+        let joint = JointLogSync { gate: FilesystemSyncGate::new(Box::new(|| Some(0))) };
+        joint.sync(&stores.iter().collect::<Vec<_>>());
+        if part(0).filesystem().is_some() {
+            for (p, w) in pending.iter().enumerate() {
+                assert!(part(p).log_synced_lsn() >= w.lsn(), "partition {p} is not durable");
+            }
+        }
+        for w in pending {
+            w.wait().unwrap();
+        }
+        stores.into_iter().for_each(|s| s.close().unwrap());
     }
 }

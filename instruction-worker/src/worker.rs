@@ -12,7 +12,9 @@
 //!    instruction-log record handed over.
 //!
 //! Answers therefore leave in submission order, and only once everything they acknowledge is
-//! durable. Callers must not apply two batches of the same partition at the same time (the
+//! durable. [`Worker::submit_batch`] and [`Worker::finish_batch`] are the same passes split
+//! before the waiting, for a caller that applies to several stores in one round and makes
+//! their logs durable together in between (a cluster worker's apply thread). Callers must not apply two batches of the same partition at the same time (the
 //! local queue gives each partition one thread; the distributed mode one consumer).
 
 use std::borrow::Cow;
@@ -121,6 +123,15 @@ struct Job {
     state: JobState,
 }
 
+/// A batch submitted to the store and not yet answered: see [`Worker::submit_batch`]. Its
+/// instructions are answered only by [`Worker::finish_batch`]; dropped instead, their replies
+/// are never called.
+#[must_use = "the batch is answered by Worker::finish_batch"]
+pub struct SubmittedBatch {
+    jobs: Vec<Job>,
+    ledger_writes: Vec<PendingWrite>,
+}
+
 fn now_us() -> u64 {
     SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_micros() as u64)
 }
@@ -190,6 +201,14 @@ impl Worker {
 
     /// Applies `batch` in order and calls each reply once. See the module documentation.
     pub fn apply_batch(&self, batch: Vec<(Instruction, ReplyTo)>) {
+        self.finish_batch(self.submit_batch(batch));
+    }
+
+    /// Passes 1 and 2 of [`Worker::apply_batch`] without the waiting: the batch's writes and
+    /// ledger records are submitted, not yet known to be durable. A caller applying batches
+    /// to several stores in one round submits each, makes their logs durable together
+    /// ([`ferry_file_server::JointLogSync`]), then finishes each.
+    pub fn submit_batch(&self, batch: Vec<(Instruction, ReplyTo)>) -> SubmittedBatch {
         let mut jobs = Vec::with_capacity(batch.len());
         let mut in_batch: HashMap<IdemKey, usize> = HashMap::new();
         // A keyed write and the ledger record of its key survive a crash together or not at
@@ -202,6 +221,13 @@ impl Worker {
         let ledger_writes = self.record_keys(&jobs);
         // Nothing of the group is acknowledged before it ends.
         drop(group);
+        SubmittedBatch { jobs, ledger_writes }
+    }
+
+    /// The rest of [`Worker::apply_batch`] for a batch from [`Worker::submit_batch`]: waits
+    /// until its writes are durable, then publishes, answers and logs in order.
+    pub fn finish_batch(&self, batch: SubmittedBatch) {
+        let SubmittedBatch { mut jobs, ledger_writes } = batch;
         let mut done: Vec<(Result<AnswerBody, ErrorBody>, Vec<ChangeEvent>)> =
             Vec::with_capacity(jobs.len());
         for job in &mut jobs {

@@ -320,6 +320,12 @@ impl PartitionStore {
         self.inner.wal.mark_synced(point);
     }
 
+    /// Every record of the log up to this LSN is durable.
+    #[cfg(test)]
+    pub(crate) fn log_synced_lsn(&self) -> u64 {
+        self.inner.wal.synced_lsn()
+    }
+
     /// Makes every write to the partition's file system durable
     /// ([`StorageDir::sync_filesystem`]).
     pub fn sync_filesystem(&self) -> Result<()> {
