@@ -20,4 +20,4 @@ pub use custom::{CounterIncrement, CustomOp, OpContext};
 pub use error::{store_error_body, WorkerError};
 pub use ledger::LEDGER_PATH_PREFIX;
 pub use queue::{LocalQueue, LocalQueueOptions};
-pub use worker::{Worker, WorkerOptions};
+pub use worker::{SubmittedBatch, Worker, WorkerOptions};
