@@ -8,8 +8,8 @@
 //!   batch goes: [`batcher`]) and correlates the answers that come back on the node's reply
 //!   queue;
 //! - [`partition_consumer`]: the worker side, consuming one partition's queue into a
-//!   [`ferry_instruction_worker::Worker`] on the process's [`apply_thread`] (one thread for
-//!   all partitions, one log sync per round), answering and acknowledging after the WAL; its
+//!   [`ferry_instruction_worker::Worker`] on the process's [`apply_thread`] (rounds over all
+//!   its partitions, one log sync per round), answering and acknowledging after the WAL; its
 //!   answers travel through the process's [`replies`], batched per reply queue;
 //! - [`membership`] and [`assignment`]: workers' heartbeats in Redis and the rendezvous rule that
 //!   maps partitions to live workers; [`worker_node`] opens and closes partitions as it moves;
