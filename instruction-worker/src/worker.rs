@@ -14,8 +14,14 @@
 //! Answers therefore leave in submission order, and only once everything they acknowledge is
 //! durable. [`Worker::submit_batch`] and [`Worker::finish_batch`] are the same passes split
 //! before the waiting, for a caller that applies to several stores in one round and makes
-//! their logs durable together in between (a cluster worker's apply thread). Callers must not apply two batches of the same partition at the same time (the
-//! local queue gives each partition one thread; the distributed mode one consumer).
+//! their logs durable together in between (a cluster worker's apply thread).
+//!
+//! Callers must not submit two batches of the same partition at the same time (the local
+//! queue gives each partition one thread; the distributed mode one submitting thread per
+//! process): revisions and idempotency keys are taken in pass 1 and 2 by the partition's only
+//! writer. Finishing a batch (waiting, publishing, answering) changes nothing that submitting
+//! reads, so it may overlap the submitting of the next batch; batches are finished in the
+//! order they were submitted.
 
 use std::borrow::Cow;
 use std::collections::HashMap;
