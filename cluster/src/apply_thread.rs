@@ -70,7 +70,7 @@ pub struct ApplyThread {
 }
 
 impl ApplyThread {
-    /// Starts the thread; `applied` counts the instructions it applied (for the node's
+    /// Starts the threads; `applied` counts the instructions it applied (for the node's
     /// description in `ferry status`).
     pub fn start(max_batch: usize, applied: Arc<AtomicU64>) -> std::io::Result<ApplyThread> {
         let (jobs, rx) = crossbeam_channel::unbounded::<Job>();
@@ -189,7 +189,6 @@ fn answer_round(round: Round, applied: &AtomicU64, joint: &JointLogSync) {
     if written.len() > 1 {
         joint.sync(&written);
     }
-    drop(written);
     for (batch, submitted) in batches.into_iter().zip(submitted) {
         let finished = submitted.is_some_and(|s| {
             let worker = &batch.worker;

@@ -341,6 +341,7 @@ impl Store {
         let parts = partitions.iter().filter_map(|&p| self.partitions[p as usize].as_ref());
         sync_logs_by_filesystem(&self.dir, &self.filesystem_sync_gate, parts);
     }
+
     /// Applies a change and waits until it is durable (see [`PartitionStore::apply`]).
     pub fn apply(&self, change: Change) -> Result<Applied> {
         self.route(&change.path)?.apply(change)

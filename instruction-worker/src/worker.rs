@@ -17,8 +17,8 @@
 //! their logs durable together in between (a cluster worker's apply thread).
 //!
 //! Callers must not submit two batches of the same partition at the same time (the local
-//! queue gives each partition one thread; the distributed mode one submitting thread per
-//! process): revisions and idempotency keys are taken in pass 1 and 2 by the partition's only
+//! queue gives each partition to one of its threads; the distributed mode has one submitting
+//! thread per process): revisions and idempotency keys are taken in pass 1 and 2 by the partition's only
 //! writer. Finishing a batch (waiting, publishing, answering) changes nothing that submitting
 //! reads, so it may overlap the submitting of the next batch; batches are finished in the
 //! order they were submitted.
