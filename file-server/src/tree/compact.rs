@@ -115,7 +115,7 @@ fn build(snapshot: &Snapshot, file: &Arc<dyn StorageFile>, generation: u64) -> R
     let old = *snapshot.header();
     let txn_id = old.txn_id + 1;
     file.set_len(INITIAL_LEN).map_err(|e| StoreError::io("grow", file.path(), e))?;
-    let mut sink = PageSink::new(file.clone(), FIRST_DATA_PAGE, INITIAL_LEN, txn_id);
+    let mut sink = PageSink::new(file.clone(), None, FIRST_DATA_PAGE, INITIAL_LEN, txn_id);
     let mut cursor = LeafCursor::new(snapshot);
     cursor.seek(b"", false)?;
     let mut leaves = DenseLeaves::default();

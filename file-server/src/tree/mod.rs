@@ -31,7 +31,7 @@ pub use format::{TreeHeader, PAGE_SIZE};
 pub use generation::file_name;
 pub use snapshot::Snapshot;
 pub use verify::{verify_tree, TreeProblem, TreeVerifyReport};
-pub use writer::{CommitStats, TreeFile};
+pub use writer::{CommitStats, StagedCommit, TreeFile};
 
 use crate::backend::{OpenMode, StorageDir, StorageFile};
 use crate::error::{Result, StoreError};

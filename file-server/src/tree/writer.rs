@@ -45,6 +45,13 @@ pub struct CommitStats {
     pub garbage_pages: u64,
 }
 
+/// A commit whose pages are written and whose header is not: see [`TreeFile::stage`].
+#[must_use = "a staged commit changes nothing until it is installed"]
+pub struct StagedCommit {
+    header: TreeHeader,
+    stats: CommitStats,
+}
+
 /// The writer of one partition's B+tree file. The caller holds the partition's write lock;
 /// any number of [`TreeReader`](super::TreeReader)s may read the same files meanwhile.
 pub struct TreeFile {
@@ -128,11 +135,14 @@ impl TreeFile {
         Snapshot::new(self.header, self.tree.clone()).expect("the writer's map covers its commit")
     }
 
-    /// True when more than half of the used pages are garbage and the file is big enough
-    /// for compaction to pay.
+    /// True when more than two thirds of the used pages are garbage (the file holds over
+    /// three times its live pages) and the file is big enough for compaction to pay. Each
+    /// compaction rewrites the live pages, so the threshold trades space for writes: at half,
+    /// batches of random inserts into 16 partitions (62 files per tree per commit) compacted
+    /// a tree every few commits.
     pub fn needs_compaction(&self) -> bool {
         let used = self.header.end_page - FIRST_DATA_PAGE;
-        used * PAGE_BYTES >= COMPACT_MIN_BYTES && self.header.garbage_pages * 2 > used
+        used * PAGE_BYTES >= COMPACT_MIN_BYTES && self.header.garbage_pages * 3 > used * 2
     }
 
     /// Merges `batch` (sorted by path, each path once) into the tree and makes it durable,
@@ -142,6 +152,23 @@ impl TreeFile {
         batch: &[(FilePath, Record)],
         checkpoint_lsn: u64,
     ) -> Result<CommitStats> {
+        let staged = self.stage(batch, checkpoint_lsn)?;
+        self.write_header(&staged.header)?;
+        self.install(staged)
+    }
+
+    /// The first half of [`TreeFile::commit`], for a caller that commits several trees with
+    /// shared syncs: writes `batch`'s pages past the end of the file, not yet synced, and
+    /// returns the header that will make them the tree. Then: the pages made durable
+    /// ([`TreeFile::sync_pages`] or a sync of the whole file system), the header written
+    /// ([`TreeFile::write_staged_header`]) and made durable the same way, and
+    /// [`TreeFile::install`]. A staged commit that is dropped instead leaves the tree as it
+    /// was; its pages are never handed out again.
+    pub fn stage(
+        &mut self,
+        batch: &[(FilePath, Record)],
+        checkpoint_lsn: u64,
+    ) -> Result<StagedCommit> {
         self.check_usable()?;
         check_batch(batch)?;
         let old = self.header;
@@ -150,7 +177,13 @@ impl TreeFile {
         let mut ctx = Merge {
             tree: &self.tree,
             end_page: old.end_page,
-            sink: PageSink::new(self.file.clone(), base, self.file_len, txn_id),
+            sink: PageSink::new(
+                self.file.clone(),
+                Some(self.tree.verified.clone()),
+                base,
+                self.file_len,
+                txn_id,
+            ),
             garbage: 0,
             live: old.live_entries as i128,
             tombstones: old.tombstones as i128,
@@ -198,14 +231,37 @@ impl TreeFile {
             garbage_pages: old.garbage_pages + garbage + (base - old.end_page),
             ..old
         };
-        self.write_header(&header)?;
+        let stats =
+            CommitStats { txn_id, node_pages, overflow_pages: overflow, garbage_pages: garbage };
+        Ok(StagedCommit { header, stats })
+    }
+
+    /// Makes every page written so far durable (`fdatasync` of the tree file).
+    pub fn sync_pages(&self) -> Result<()> {
+        self.file.sync_data().map_err(io_err("sync", &*self.file))
+    }
+
+    /// Writes a staged commit's header into its slot, not yet synced. Call it only once the
+    /// staged pages are durable: a header that reaches the disk before its pages could point
+    /// at pages that did not.
+    pub fn write_staged_header(&self, staged: &StagedCommit) -> Result<()> {
+        let header = &staged.header;
+        self.file
+            .write_all_at(&header.encode(), header.slot() * PAGE_BYTES)
+            .map_err(io_err("write header of", &*self.file))
+    }
+
+    /// Makes a staged commit the tree this writer and its snapshots see. Call it only once
+    /// its header is durable.
+    pub fn install(&mut self, staged: StagedCommit) -> Result<CommitStats> {
+        let StagedCommit { header, stats } = staged;
         // A mapping shorter than the commit (the file was cut behind our back) is an error
         // here rather than a panic in `snapshot`.
         let tree = map_for(&self.file, &self.tree, &header)?;
         Snapshot::new(header, tree.clone())?;
         self.tree = tree;
         self.header = header;
-        Ok(CommitStats { txn_id, node_pages, overflow_pages: overflow, garbage_pages: garbage })
+        Ok(stats)
     }
 
     pub(super) fn check_usable(&self) -> Result<()> {
@@ -339,6 +395,10 @@ fn check_batch(batch: &[(FilePath, Record)]) -> Result<()> {
 /// buffered, and written out in large runs, growing the file ahead of them.
 pub(super) struct PageSink {
     file: Arc<dyn StorageFile>,
+    /// Where the pages written are marked as checked: this process built them, so a read of
+    /// them (the next lookup or merge, which mostly walk the pages the last commit wrote)
+    /// need not checksum them again.
+    verified: Option<Arc<VerifiedPages>>,
     /// The page `buf` starts at.
     buf_page: u64,
     buf: Vec<u8>,
@@ -349,14 +409,17 @@ pub(super) struct PageSink {
 }
 
 impl PageSink {
+    /// A sink writing from `first_page` on, marking its pages in `verified`.
     pub(super) fn new(
         file: Arc<dyn StorageFile>,
+        verified: Option<Arc<VerifiedPages>>,
         first_page: u64,
         file_len: u64,
         txn_id: u64,
     ) -> PageSink {
         PageSink {
             file,
+            verified,
             buf_page: first_page,
             buf: Vec::new(),
             file_len,
@@ -386,6 +449,7 @@ impl PageSink {
         self.overflow_pages += pages;
         let (id, space) = self.alloc(pages)?;
         space[..content.len()].copy_from_slice(content);
+        self.mark_verified(id);
         Ok(id)
     }
 
@@ -401,7 +465,14 @@ impl PageSink {
         let (id, page) = self.alloc(1)?;
         let header = PageHeader { kind, level, cells: cells.len() as u16, page_id: id, txn_id };
         build_page(page, header, cells);
+        self.mark_verified(id);
         Ok(id)
+    }
+
+    fn mark_verified(&self, page: u64) {
+        if let Some(verified) = &self.verified {
+            verified.mark(page);
+        }
     }
 
     fn flush(&mut self) -> Result<()> {
