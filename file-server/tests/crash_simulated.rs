@@ -231,6 +231,116 @@ fn a_group_of_changes_survives_a_simulated_crash_whole_or_not_at_all() {
     }
 }
 
+/// How far a direct batch gets before the crash in
+/// [`a_direct_batch_survives_a_simulated_crash_whole_or_not_at_all`].
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+enum BatchStep {
+    Applied,
+    Staged,
+    PagesSynced,
+    HeaderWritten,
+    HeaderSynced,
+    Finished,
+}
+
+const BATCH_STEPS: [BatchStep; 6] = [
+    BatchStep::Applied,
+    BatchStep::Staged,
+    BatchStep::PagesSynced,
+    BatchStep::HeaderWritten,
+    BatchStep::HeaderSynced,
+    BatchStep::Finished,
+];
+
+/// Changes through the log (some unacknowledged) and batches written past it into the tree,
+/// the flusher running meanwhile; the last batch stops at a random step and the directory is
+/// crashed there. The store must recover to a state after a prefix of the steps that never
+/// ends inside a batch and includes every acknowledged change and every finished batch.
+#[test]
+fn a_direct_batch_survives_a_simulated_crash_whole_or_not_at_all() {
+    for seed in 1..=crash_iterations() {
+        let mut rng = Rng::seeded(seed);
+        let dir = CrashSimDir::new("/p000");
+        let store = open(&dir);
+        // One entry per logged change and one per whole batch: nothing inside a batch.
+        let mut states = vec![Model::new()];
+        let mut acknowledged = 0usize;
+        let mut in_flight: Vec<(usize, PendingWrite)> = Vec::new();
+        let rounds = 2 + rng.below(8);
+        for round in 0..rounds {
+            for _ in 0..rng.below(6) {
+                let (change, next) = random_change(&mut rng, states.last().unwrap());
+                in_flight.push((states.len(), store.submit(change).unwrap()));
+                states.push(next);
+            }
+            if rng.below(2) == 0 {
+                for (index, pending) in in_flight.drain(..) {
+                    pending.wait().unwrap();
+                    acknowledged = acknowledged.max(index);
+                }
+            }
+            let last = round + 1 == rounds;
+            let stop_after = if last {
+                BATCH_STEPS[rng.below(BATCH_STEPS.len() as u64) as usize]
+            } else {
+                BatchStep::Finished
+            };
+            let mut batch = store.begin_direct_batch().unwrap().expect("no group is open");
+            let mut model = states.last().unwrap().clone();
+            for _ in 0..1 + rng.below(5) {
+                let (change, next) = random_change(&mut rng, &model);
+                let applied = batch.apply(&change).unwrap();
+                assert_eq!(Some(applied.meta.rev), next.get(change.path.as_str()).map(|v| v.0));
+                model = next;
+            }
+            states.push(model);
+            for step in &BATCH_STEPS[1..] {
+                if BATCH_STEPS.iter().position(|s| s == step)
+                    > BATCH_STEPS.iter().position(|s| *s == stop_after)
+                {
+                    break;
+                }
+                match step {
+                    BatchStep::Staged => batch.stage().unwrap(),
+                    BatchStep::PagesSynced | BatchStep::HeaderSynced => batch.sync_tree().unwrap(),
+                    BatchStep::HeaderWritten => batch.write_header().unwrap(),
+                    BatchStep::Applied | BatchStep::Finished => {}
+                }
+            }
+            if stop_after == BatchStep::Finished {
+                batch.finish().unwrap();
+                // The batch and every change before it are in the synced tree.
+                acknowledged = states.len() - 1;
+            } else {
+                let crashed = dir.crash(seed);
+                drop(batch);
+                check_recovery(seed, &crashed, &states, acknowledged);
+                break;
+            }
+            if last {
+                check_recovery(seed, &dir.crash(seed), &states, acknowledged);
+            }
+        }
+        drop(in_flight);
+        drop(store);
+    }
+}
+
+/// Opens the crashed directory and checks that it holds `states[k]` for some
+/// `k >= acknowledged`.
+fn check_recovery(seed: u64, crashed: &CrashSimDir, states: &[Model], acknowledged: usize) {
+    let store = open(crashed);
+    let state = read_state(&store);
+    let matching = (acknowledged..states.len()).find(|&k| visible(&states[k]) == state);
+    assert!(
+        matching.is_some(),
+        "seed {seed}: recovered state is no step from {acknowledged} on: {state:?}\n\
+         acknowledged state: {:?}",
+        visible(&states[acknowledged])
+    );
+    store.close().unwrap();
+}
+
 /// A checkpoint inside a group would put into the tree changes that recovery may drop from
 /// the log: a flush waits for the open group to end.
 #[test]

@@ -346,3 +346,114 @@ fn a_released_prefix_is_flushed_and_leaves_the_cache_and_a_loaded_one_enters_it(
     assert_eq!(store.get(&alice[7]).unwrap().unwrap().content.clone().unwrap().len(), 1000);
     store.close().unwrap();
 }
+
+#[test]
+fn a_batch_goes_straight_to_the_trees_on_top_of_the_logged_changes() {
+    let tmp = tempfile::tempdir().unwrap();
+    init(tmp.path());
+    let options = StoreOptions { flush_interval_ms: 3_600_000, ..fast() };
+    let store = Store::open(tmp.path(), options).unwrap();
+    let notes = p("/home/alice/notes.txt");
+    let gone = p("/home/bob/old.txt");
+    store.apply(Change::put(notes.clone(), "one", "alice")).unwrap();
+    store.apply(Change::put(gone.clone(), "old", "bob")).unwrap();
+    let logged = p("/home/carol/logged.txt");
+    store.apply(Change::put(logged.clone(), "logged", "carol")).unwrap();
+    let mut changes = vec![
+        Change::append(notes.clone(), ", two", "admin").expecting(1),
+        Change::delete(gone.clone(), "admin"),
+    ];
+    changes.extend((0..40).map(|i| Change::put(p(&format!("/d{i}/f")), format!("{i}"), "admin")));
+    changes.push(Change::append(notes.clone(), ", three", "admin"));
+    let applied = store.write_batch(&changes).unwrap();
+    assert_eq!(applied.len(), changes.len());
+    assert!(applied.iter().zip(&changes).all(|(a, c)| a.path == c.path), "in the order given");
+    assert_eq!((applied[0].meta.rev, applied[1].meta.rev, applied[1].deleted), (2, 2, true));
+    assert_eq!(applied.last().unwrap().meta.rev, 3);
+    let touched: std::collections::BTreeSet<u32> =
+        changes.iter().map(|c| store.partition_of(&c.path)).collect();
+    assert_eq!(touched.len(), 4, "the batch spans every partition");
+    // In the trees now, with the logged changes before it: a reader of the trees sees them
+    // all, and nothing is left dirty.
+    let reader = open_read_only(tmp.path()).unwrap();
+    assert_eq!(reader.get(&notes).unwrap().unwrap().content.unwrap(), "one, two, three");
+    assert_eq!(reader.get(&logged).unwrap().unwrap().content.unwrap(), "logged");
+    assert_eq!(reader.get(&gone).unwrap(), None);
+    assert_eq!(reader.list("/d", None, 100).unwrap().len(), 40);
+    assert!(store.stats().iter().all(|s| s.dirty == 0), "{:?}", store.stats());
+    assert_eq!(store.get(&notes).unwrap().unwrap().meta.rev, 3);
+    // Logged changes continue from the batch, and survive a reopen on top of it.
+    store.apply(Change::append(notes.clone(), ", four", "alice").expecting(3)).unwrap();
+    store.apply(Change::put(gone.clone(), "back", "bob")).unwrap();
+    store.close().unwrap();
+    let store = Store::open(tmp.path(), options).unwrap();
+    let record = store.get(&notes).unwrap().unwrap();
+    assert_eq!(
+        (record.meta.rev, record.content.clone().unwrap()),
+        (4, "one, two, three, four".into())
+    );
+    assert_eq!(store.stat(&gone).unwrap().unwrap().rev, 3);
+    assert_eq!(store.stat(&p("/d7/f")).unwrap().unwrap().rev, 1);
+    store.close().unwrap();
+}
+
+#[test]
+fn a_batch_with_a_change_that_cannot_apply_writes_nothing() {
+    let tmp = tempfile::tempdir().unwrap();
+    init(tmp.path());
+    let store = Store::open(tmp.path(), fast()).unwrap();
+    let a = p("/home/alice/a.txt");
+    store.apply(Change::put(a.clone(), "a", "alice")).unwrap();
+    store.flush().unwrap();
+    let before = store.stats();
+    let mut changes: Vec<Change> =
+        (0..20).map(|i| Change::put(p(&format!("/d{i}/f")), "x", "admin")).collect();
+    changes.push(Change::put(a.clone(), "b", "admin").expecting(7));
+    let err = store.write_batch(&changes).unwrap_err();
+    assert!(matches!(err, StoreError::Conflict { expected: 7, actual: 1, .. }), "{err:?}");
+    let after = store.stats();
+    let trees = |stats: &[ferry_file_server::partition_store::PartitionStats]| {
+        stats.iter().map(|s| (s.entries, s.checkpoint_lsn, s.tree_generation)).collect::<Vec<_>>()
+    };
+    assert_eq!(trees(&before), trees(&after));
+    assert_eq!(store.list("/d", None, 100).unwrap(), Vec::new());
+    assert_eq!(store.get(&a).unwrap().unwrap().content.clone().unwrap(), "a");
+    // The partitions are free again.
+    store.apply(Change::put(p("/d1/f"), "y", "w")).unwrap();
+    store.close().unwrap();
+}
+
+/// A checkpoint inside a group would put into the tree changes that recovery may drop from
+/// the log: a batch waits for the open group to end, holding no partition meanwhile.
+#[test]
+fn a_batch_waits_for_an_open_group_and_holds_no_partition_meanwhile() {
+    let tmp = tempfile::tempdir().unwrap();
+    init(tmp.path());
+    let store = std::sync::Arc::new(Store::open(tmp.path(), fast()).unwrap());
+    let paths: Vec<FilePath> = (0..8).map(|i| p(&format!("/g{i}/f"))).collect();
+    let first = paths[0].clone();
+    let mut group = store.group();
+    group.join(&first);
+    let grouped = store.submit(Change::put(first.clone(), "grouped", "w")).unwrap();
+    let (done_tx, done) = crossbeam_channel::bounded(1);
+    let batcher = {
+        let store = store.clone();
+        let changes: Vec<Change> =
+            paths.iter().map(|path| Change::append(path.clone(), "+batch", "admin")).collect();
+        std::thread::spawn(move || done_tx.send(store.write_batch(&changes).unwrap()).unwrap())
+    };
+    assert!(done.recv_timeout(std::time::Duration::from_millis(200)).is_err(), "inside a group");
+    // The group's writer can still reach every partition, the batch's included.
+    let other = paths.iter().find(|path| store.partition_of(path) != store.partition_of(&first));
+    group.join(other.unwrap());
+    let also = store.submit(Change::put(other.unwrap().clone(), "grouped", "w")).unwrap();
+    drop(group);
+    grouped.wait().unwrap();
+    also.wait().unwrap();
+    let applied = done.recv_timeout(std::time::Duration::from_secs(10)).expect("after the group");
+    batcher.join().unwrap();
+    assert_eq!(applied[0].meta.rev, 2, "on top of the group's change");
+    let reader = open_read_only(tmp.path()).unwrap();
+    assert_eq!(reader.get(&first).unwrap().unwrap().content.unwrap(), "grouped+batch");
+    std::sync::Arc::try_unwrap(store).ok().unwrap().close().unwrap();
+}

@@ -97,6 +97,15 @@ impl CleanCache {
         }
     }
 
+    /// Holds `record` as the version of `path` if the cache answers reads of `path` now, and
+    /// leaves the cache alone otherwise: for versions written in bulk, which should not push
+    /// out the files that are read.
+    pub(super) fn refresh(&self, path: FilePath, record: SharedRecord) {
+        if self.mirror.get(&path).is_some() {
+            self.insert(path, record);
+        }
+    }
+
     /// Drops every version under `prefix` that this cache holds.
     pub(super) fn evict_prefix(&self, prefix: &str) {
         let doomed: Vec<Arc<FilePath>> = self

@@ -15,11 +15,13 @@
 
 mod change;
 mod clean_cache;
+mod direct_batch;
 mod hit_table;
 mod shared_cache;
 
 pub use change::{apply_change, Change, Edit};
 pub(crate) use clean_cache::sampled as hit_is_sampled;
+pub use direct_batch::DirectBatch;
 pub(crate) use shared_cache::{Lookup, SharedCache};
 
 use std::collections::BTreeMap;
@@ -594,8 +596,11 @@ impl Inner {
         };
         if batch.is_empty() {
             evict();
+            // A batch written past the log leaves its compaction to this flush.
+            let compacted = self.compact_if_needed(&mut tree)?;
             return Ok(FlushStats {
                 checkpoint_lsn: tree.header().checkpoint_lsn,
+                compacted,
                 ..FlushStats::default()
             });
         }
@@ -624,14 +629,20 @@ impl Inner {
             st.generation += 1;
             st.flush_error = None;
         }
-        let mut stats = FlushStats { files: batch.len(), checkpoint_lsn, ..FlushStats::default() };
         evict();
-        stats.segments_removed = self.wal.checkpoint(checkpoint_lsn)?;
-        if tree.needs_compaction() {
-            tree.compact()?;
-            self.state.write().snapshot = tree.snapshot();
-            stats.compacted = true;
+        let segments_removed = self.wal.checkpoint(checkpoint_lsn)?;
+        let compacted = self.compact_if_needed(&mut tree)?;
+        Ok(FlushStats { files: batch.len(), checkpoint_lsn, segments_removed, compacted })
+    }
+
+    /// Compacts the tree if it needs it; returns whether it did. The caller holds the tree,
+    /// not the state.
+    fn compact_if_needed(&self, tree: &mut TreeFile) -> Result<bool> {
+        if !tree.needs_compaction() {
+            return Ok(false);
         }
-        Ok(stats)
+        tree.compact()?;
+        self.state.write().snapshot = tree.snapshot();
+        Ok(true)
     }
 }

@@ -1,0 +1,155 @@
+//! A batch of changes written straight into a partition's tree, past the write-ahead log: for
+//! bulk loads (`ferry files import`, a batch writer), which through the log would write every
+//! byte twice, once to the log and once to the tree.
+//!
+//! An open [`DirectBatch`] holds the partition's tree and its state's write lock: no change is
+//! applied, no flush runs and readers that need the state wait until it is finished or
+//! dropped. Its changes are computed on top of the dirty set, and its commit carries the dirty
+//! set too, with the log's last LSN as the tree's checkpoint: the tree then holds everything
+//! the log holds, and recovery replays only what is logged after the batch. Nothing of the
+//! batch is visible before [`DirectBatch::finish`]; a batch dropped before that leaves the
+//! partition as it was.
+//!
+//! The steps are apart so that [`crate::Store::write_batch`] can commit several partitions
+//! with one file-system sync per step: apply every change, stage the pages, make them durable,
+//! write the header, make it durable, finish.
+
+use std::collections::BTreeMap;
+
+use parking_lot::{MutexGuard, RwLockWriteGuard};
+
+use super::{apply_change, now_ms, Applied, Change, PartitionStore, State};
+use crate::error::{Result, StoreError};
+use crate::path::FilePath;
+use crate::record::{Record, SharedRecord};
+use crate::tree::{StagedCommit, TreeFile};
+
+/// See the module documentation.
+#[must_use = "a batch changes nothing until it is finished"]
+pub struct DirectBatch<'a> {
+    part: &'a PartitionStore,
+    tree: MutexGuard<'a, TreeFile>,
+    state: RwLockWriteGuard<'a, State>,
+    /// The batch's new versions; a path changed twice keeps its last.
+    written: BTreeMap<FilePath, SharedRecord>,
+    applied: Vec<Applied>,
+    /// The log's last LSN when the batch was opened: the new tree holds every change up to it.
+    checkpoint_lsn: u64,
+    staged: Option<StagedCommit>,
+}
+
+impl PartitionStore {
+    /// Opens a [`DirectBatch`], or returns `None` while an atomic group is open in the log
+    /// (a checkpoint inside a group would make the tree hold part of a group that recovery may
+    /// drop): wait with [`PartitionStore::wait_for_open_group`], holding no other partition's
+    /// batch, since the group's writer may need that partition too.
+    pub fn begin_direct_batch(&self) -> Result<Option<DirectBatch<'_>>> {
+        let inner = &*self.inner;
+        let tree = inner.tree.lock();
+        let state = inner.state.write();
+        if state.closed {
+            return Err(StoreError::Closed);
+        }
+        // Appends happen under the state's write lock, so no group opens while it is held.
+        if inner.wal.group_open() {
+            return Ok(None);
+        }
+        Ok(Some(DirectBatch {
+            part: self,
+            tree,
+            state,
+            written: BTreeMap::new(),
+            applied: Vec::new(),
+            checkpoint_lsn: inner.wal.last_lsn(),
+            staged: None,
+        }))
+    }
+
+    /// Returns once no atomic group is open in the partition's log.
+    pub fn wait_for_open_group(&self) {
+        self.inner.wal.wait_no_open_group();
+    }
+}
+
+impl DirectBatch<'_> {
+    /// The partition the batch writes to.
+    pub fn partition(&self) -> &PartitionStore {
+        self.part
+    }
+
+    /// Applies `change` on top of the batch's earlier changes. What it returns carries the
+    /// log's last LSN before the batch, the position after which the change is ordered.
+    pub fn apply(&mut self, change: &Change) -> Result<Applied> {
+        if self.staged.is_some() {
+            return Err(StoreError::Closed);
+        }
+        let inner = &*self.part.inner;
+        let current = match self.written.get(&change.path) {
+            Some(record) => Some(record.clone()),
+            None => inner.current(&self.state, &change.path)?,
+        };
+        let record = apply_change(current.as_deref(), change, now_ms(), inner.max_file_size)?;
+        let applied = Applied {
+            path: change.path.clone(),
+            meta: record.meta.clone(),
+            deleted: record.is_deleted(),
+            lsn: self.checkpoint_lsn,
+        };
+        self.written.insert(change.path.clone(), SharedRecord::new(&change.path, record));
+        self.applied.push(applied.clone());
+        Ok(applied)
+    }
+
+    /// Writes the pages of the dirty set and of the batch past the tree's end, not yet synced.
+    pub fn stage(&mut self) -> Result<()> {
+        let mut commit: BTreeMap<&FilePath, &SharedRecord> =
+            self.state.dirty.values().map(|d| (&d.path, &d.record)).collect();
+        commit.extend(self.written.iter());
+        let records: Vec<(FilePath, Record)> =
+            commit.into_iter().map(|(p, r)| (p.clone(), (**r).clone())).collect();
+        self.staged = Some(self.tree.stage(&records, self.checkpoint_lsn)?);
+        Ok(())
+    }
+
+    /// Makes what the tree file was written so far durable (`fdatasync`), for a batch whose
+    /// file system is not synced as a whole.
+    pub fn sync_tree(&self) -> Result<()> {
+        self.tree.sync_pages()
+    }
+
+    /// Writes the staged commit's header, not yet synced. Call it once the staged pages are
+    /// durable.
+    pub fn write_header(&self) -> Result<()> {
+        let staged = self.staged.as_ref().ok_or(StoreError::Closed)?;
+        self.tree.write_staged_header(staged)
+    }
+
+    /// Makes the batch visible, once its header is durable: the new tree, the dirty set (now in
+    /// the tree) emptied into the cache, the log's covered segments removed. The batch's own
+    /// versions replace cached ones but do not enter the cache otherwise: a bulk load should
+    /// not push out the files that are read. Returns what each change produced, in the order
+    /// applied.
+    pub fn finish(self) -> Result<Vec<Applied>> {
+        let DirectBatch { part, mut tree, mut state, written, applied, checkpoint_lsn, staged } =
+            self;
+        let inner = &*part.inner;
+        tree.install(staged.ok_or(StoreError::Closed)?)?;
+        for dirty in std::mem::take(&mut state.dirty).into_values() {
+            inner.cache.insert(dirty.path, dirty.record);
+        }
+        for (path, record) in written {
+            inner.cache.refresh(path, record);
+        }
+        state.snapshot = tree.snapshot();
+        inner.dirty_files.set(0);
+        state.generation += 1;
+        state.flush_error = None;
+        drop(state);
+        inner.wal.checkpoint(checkpoint_lsn)?;
+        if tree.needs_compaction() {
+            // The flusher compacts, on its own thread, rather than the batch's caller.
+            let _ = inner.kick.try_send(());
+        }
+        Ok(applied)
+    }
+}
