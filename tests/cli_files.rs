@@ -90,11 +90,21 @@ fn import_turns_a_tree_into_files() {
     std::fs::create_dir_all(src.join("a/b")).unwrap();
     std::fs::write(src.join("a/b/c.txt"), "c").unwrap();
     std::fs::write(src.join("top.txt"), "t").unwrap();
+    // More than one batch of the import.
+    std::fs::create_dir_all(src.join("many")).unwrap();
+    for i in 0..1_500 {
+        std::fs::write(src.join(format!("many/{i}.txt")), format!("{i}")).unwrap();
+    }
     ok(&data, &["init"]);
+    ok(&data, &["files", "put", "/top.txt", "/dev/null"]);
     let out = ok(&data, &["files", "import", src.to_str().unwrap()]);
-    assert!(out.contains("2 files"), "{out}");
+    assert!(out.contains("1502 files"), "{out}");
     assert_eq!(ok(&data, &["files", "get", "/a/b/c.txt"]), "c");
     assert_eq!(ok(&data, &["files", "get", "/top.txt"]), "t");
+    assert!(ok(&data, &["files", "stat", "/top.txt"]).contains("rev: 2"), "over the earlier put");
+    assert_eq!(ok(&data, &["files", "get", "/many/1499.txt"]), "1499");
+    assert_eq!(ok(&data, &["files", "ls", "/many/"]).lines().count(), 1_500);
+    assert!(ok(&data, &["files", "verify"]).starts_with("ok: 16 partitions, 1502 files"));
 }
 
 #[test]

@@ -52,7 +52,8 @@ enum EngineKind {
     Sqlite,
     /// Ferry's B+tree alone: `TreeFile::commit`, snapshot reads (no cache).
     FerryTree,
-    /// Ferry's full write path: WAL (`always`) + write-behind flush, moka-cached reads.
+    /// Ferry's `Store`: batches written with `Store::write_batch` (or through the WAL with
+    /// `--store-writes logged`), moka-cached reads.
     FerryStore,
 }
 
@@ -78,7 +79,7 @@ impl EngineKind {
             EngineKind::Sqlite => Box::new(sqlite::Sqlite::create(dir)?),
             EngineKind::FerryTree => Box::new(ferry::FerryTree::create(dir)?),
             EngineKind::FerryStore => {
-                Box::new(ferry::FerryStore::create(dir, args.cache_mib << 20)?)
+                Box::new(ferry::FerryStore::create(dir, args.cache_mib << 20, args.store_writes)?)
             }
         })
     }
@@ -103,6 +104,10 @@ struct Args {
         default_value = "lmdb,redb,sqlite,ferry-tree,ferry-store"
     )]
     engines: Vec<EngineKind>,
+    /// How the Ferry store writes a batch: `Store::write_batch` straight into the trees, or
+    /// one WAL change per file (`always`), then a wait for every acknowledgement.
+    #[arg(long, value_enum, default_value = "batch")]
+    store_writes: ferry::StoreWrites,
     /// Times each engine runs each workload (alternating the engine order); the best counts.
     #[arg(long, default_value_t = 2)]
     rounds: usize,
@@ -256,6 +261,7 @@ fn load(
 fn write_row(
     label: String,
     kind: EngineKind,
+    store_writes: ferry::StoreWrites,
     files: u64,
     elapsed: Duration,
     latencies: &Histogram<u64>,
@@ -269,11 +275,7 @@ fn write_row(
         better: Better::Higher,
         baseline: Baseline::BestPeer,
         note: if kind == EngineKind::FerryStore {
-            format!(
-                "batch = 1 submit per file, then wait for every ack; final Store::flush timed; \
-                 ack {}",
-                p50_p99(latencies)
-            )
+            format!("{}; final Store::flush timed; batch {}", store_writes, p50_p99(latencies))
         } else {
             format!("commit {}", p50_p99(latencies))
         },
@@ -316,7 +318,14 @@ fn small_files(args: &Args, base: &Path, rows: &mut Vec<Row>) -> anyhow::Result<
         let (elapsed, latencies) = load(engine.as_mut(), &batches)?;
         println!("{}: wrote {} files in {elapsed:.2?}", kind.name(), args.files);
         if args.wants(Workload::Write) {
-            rows.push(write_row(write_label.clone(), kind, args.files, elapsed, &latencies));
+            rows.push(write_row(
+                write_label.clone(),
+                kind,
+                args.store_writes,
+                args.files,
+                elapsed,
+                &latencies,
+            ));
         }
         if args.wants(Workload::Read) {
             if kind == EngineKind::FerryStore {
@@ -409,7 +418,14 @@ fn large_files(args: &Args, base: &Path, rows: &mut Vec<Row>) -> anyhow::Result<
         let mut engine = kind.open(&dir, args)?;
         let (elapsed, latencies) = load(engine.as_mut(), &batches)?;
         println!("{}: wrote {} large files in {elapsed:.2?}", kind.name(), args.large_files);
-        let mut row = write_row(label.clone(), kind, args.large_files, elapsed, &latencies);
+        let mut row = write_row(
+            label.clone(),
+            kind,
+            args.store_writes,
+            args.large_files,
+            elapsed,
+            &latencies,
+        );
         row.note
             .push_str(&format!(", {:.0} MiB on disk", dir_bytes(&dir)? as f64 / (1 << 20) as f64));
         rows.push(row);
@@ -438,8 +454,14 @@ fn space(args: &Args, base: &Path, rows: &mut Vec<Row>) -> anyhow::Result<()> {
         let mut engine = kind.open(&dir, args)?;
         load(engine.as_mut(), &initial)?;
         let (elapsed, latencies) = load(engine.as_mut(), &overwrites)?;
-        let mut overwrite_row =
-            write_row(format!("overwrite: {what}"), kind, args.overwrites, elapsed, &latencies);
+        let mut overwrite_row = write_row(
+            format!("overwrite: {what}"),
+            kind,
+            args.store_writes,
+            args.overwrites,
+            elapsed,
+            &latencies,
+        );
         overwrite_row.unit = "writes/s";
         overwrite_row.goal = None;
         rows.push(overwrite_row);

@@ -197,18 +197,29 @@ fn files_below(root: &Path) -> anyhow::Result<Vec<(FilePath, PathBuf)>> {
     Ok(out)
 }
 
+/// An import commits this many files at a time, or fewer once their content reaches
+/// [`IMPORT_BATCH_BYTES`].
+const IMPORT_BATCH_FILES: usize = 1_000;
+const IMPORT_BATCH_BYTES: usize = 64 << 20;
+
+/// Writes the files in batches straight into the trees (`Store::write_batch`): through the
+/// logs every byte would be written twice, and every file held in memory until its flush.
 fn import(config: &FerryConfig, source: &Path, author: &str) -> anyhow::Result<ExitCode> {
     let files = files_below(source)?;
     let store = open_writer(config)?;
-    let mut pending = Vec::with_capacity(files.len());
-    let mut bytes = 0u64;
-    for (path, local) in &files {
+    let mut batch = Vec::with_capacity(IMPORT_BATCH_FILES);
+    let (mut batch_bytes, mut bytes) = (0usize, 0u64);
+    for (i, (path, local)) in files.iter().enumerate() {
         let content = std::fs::read(local).with_context(|| format!("read {}", local.display()))?;
+        batch_bytes += content.len();
         bytes += content.len() as u64;
-        pending.push(store.submit(Change::put(path.clone(), content, author))?);
-    }
-    for write in pending {
-        write.wait()?;
+        batch.push(Change::put(path.clone(), content, author));
+        let last = i + 1 == files.len();
+        if last || batch.len() >= IMPORT_BATCH_FILES || batch_bytes >= IMPORT_BATCH_BYTES {
+            store.write_batch(&batch)?;
+            batch.clear();
+            batch_bytes = 0;
+        }
     }
     store.close()?;
     println!("imported {} files ({bytes} bytes) from {}", files.len(), source.display());

@@ -1,5 +1,5 @@
-//! Ferry's two rows: the B+tree alone (`TreeFile`), and the full write path (`Store`: WAL with
-//! the `always` policy, write-behind flush, moka cache).
+//! Ferry's two rows: the B+tree alone (`TreeFile`), and the `Store` (batches written straight
+//! into its trees, or through the WAL with the `always` policy and write-behind; moka cache).
 
 use std::collections::VecDeque;
 use std::fmt;
@@ -22,7 +22,7 @@ use super::timing::{micros, micros_histogram, p50_p99};
 /// The tree row's name in the result table.
 pub const TREE_NAME: &str = "Ferry TreeFile";
 /// The store row's name in the result table.
-pub const STORE_NAME: &str = "Ferry Store (WAL always)";
+pub const STORE_NAME: &str = "Ferry Store";
 
 /// One partition's B+tree, written with `TreeFile::commit` and read through snapshots.
 pub struct FerryTree {
@@ -77,10 +77,30 @@ impl KvEngine for FerryTree {
 /// Files listed per `Store::list` call when scanning.
 const LIST_PAGE: usize = 1_000;
 
+/// How [`FerryStore`] writes a batch.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum StoreWrites {
+    /// `Store::write_batch`: straight into the partitions' trees, durable at return.
+    Batch,
+    /// One `Store::submit` per file (WAL, `always`), then a wait for every acknowledgement:
+    /// the changes share WAL syncs (group commit) as concurrent clients' changes would.
+    Logged,
+}
+
+impl fmt::Display for StoreWrites {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            StoreWrites::Batch => "batch = 1 Store::write_batch",
+            StoreWrites::Logged => "batch = 1 submit per file, then wait for every ack",
+        })
+    }
+}
+
 /// A store with the default layout (16 partitions, depth 2) and the `always` WAL policy.
 pub struct FerryStore {
     store: Store,
     author: Arc<str>,
+    writes: StoreWrites,
     pending: Vec<PendingWrite>,
 }
 
@@ -92,29 +112,35 @@ fn open_store(dir: &Path, cache_bytes: u64) -> anyhow::Result<Store> {
 }
 
 impl FerryStore {
-    pub fn create(dir: &Path, cache_bytes: u64) -> anyhow::Result<FerryStore> {
+    pub fn create(dir: &Path, cache_bytes: u64, writes: StoreWrites) -> anyhow::Result<FerryStore> {
         Ok(FerryStore {
             store: open_store(dir, cache_bytes)?,
             author: data::author(),
+            writes,
             pending: Vec::new(),
         })
     }
 }
 
 impl KvEngine for FerryStore {
-    /// Submits the whole batch, then waits for every acknowledgement: the changes share WAL
-    /// syncs (group commit) as concurrent clients' changes would.
     fn commit_batch(&mut self, batch: &Batch) -> anyhow::Result<()> {
-        for (path, record) in batch {
+        let changes = batch.iter().map(|(path, record)| {
             let content = record.content.clone().unwrap_or_default();
-            self.pending.push(self.store.submit(Change::put(
-                path.clone(),
-                content,
-                &self.author,
-            ))?);
-        }
-        for pending in self.pending.drain(..) {
-            pending.wait()?;
+            Change::put(path.clone(), content, &self.author)
+        });
+        match self.writes {
+            StoreWrites::Batch => {
+                let changes: Vec<Change> = changes.collect();
+                self.store.write_batch(&changes)?;
+            }
+            StoreWrites::Logged => {
+                for change in changes {
+                    self.pending.push(self.store.submit(change)?);
+                }
+                for pending in self.pending.drain(..) {
+                    pending.wait()?;
+                }
+            }
         }
         Ok(())
     }
