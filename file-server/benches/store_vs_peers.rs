@@ -52,9 +52,11 @@ enum EngineKind {
     Sqlite,
     /// Ferry's B+tree alone: `TreeFile::commit`, snapshot reads (no cache).
     FerryTree,
-    /// Ferry's `Store`: batches written with `Store::write_batch` (or through the WAL with
-    /// `--store-writes logged`), moka-cached reads.
+    /// Ferry's full write path: WAL (`always`) + write-behind flush, moka-cached reads.
     FerryStore,
+    /// Ferry's `Store` writing each batch with `Store::write_batch`, straight into the trees
+    /// (write workloads only: its reads are `ferry-store`'s).
+    FerryStoreBatch,
 }
 
 impl EngineKind {
@@ -65,6 +67,7 @@ impl EngineKind {
             EngineKind::Sqlite => sqlite::NAME,
             EngineKind::FerryTree => ferry::TREE_NAME,
             EngineKind::FerryStore => ferry::STORE_NAME,
+            EngineKind::FerryStoreBatch => ferry::STORE_BATCH_NAME,
         }
     }
 
@@ -78,9 +81,16 @@ impl EngineKind {
             EngineKind::Redb => Box::new(redb_peer::Redb::create(dir)?),
             EngineKind::Sqlite => Box::new(sqlite::Sqlite::create(dir)?),
             EngineKind::FerryTree => Box::new(ferry::FerryTree::create(dir)?),
-            EngineKind::FerryStore => {
-                Box::new(ferry::FerryStore::create(dir, args.cache_mib << 20, args.store_writes)?)
-            }
+            EngineKind::FerryStore => Box::new(ferry::FerryStore::create(
+                dir,
+                args.cache_mib << 20,
+                ferry::StoreWrites::Logged,
+            )?),
+            EngineKind::FerryStoreBatch => Box::new(ferry::FerryStore::create(
+                dir,
+                args.cache_mib << 20,
+                ferry::StoreWrites::Batch,
+            )?),
         })
     }
 }
@@ -101,13 +111,9 @@ struct Args {
         long,
         value_enum,
         value_delimiter = ',',
-        default_value = "lmdb,redb,sqlite,ferry-tree,ferry-store"
+        default_value = "lmdb,redb,sqlite,ferry-tree,ferry-store,ferry-store-batch"
     )]
     engines: Vec<EngineKind>,
-    /// How the Ferry store writes a batch: `Store::write_batch` straight into the trees, or
-    /// one WAL change per file (`always`), then a wait for every acknowledgement.
-    #[arg(long, value_enum, default_value = "batch")]
-    store_writes: ferry::StoreWrites,
     /// Times each engine runs each workload (alternating the engine order); the best counts.
     #[arg(long, default_value_t = 2)]
     rounds: usize,
@@ -261,7 +267,6 @@ fn load(
 fn write_row(
     label: String,
     kind: EngineKind,
-    store_writes: ferry::StoreWrites,
     files: u64,
     elapsed: Duration,
     latencies: &Histogram<u64>,
@@ -274,10 +279,16 @@ fn write_row(
         unit: "files/s",
         better: Better::Higher,
         baseline: Baseline::BestPeer,
-        note: if kind == EngineKind::FerryStore {
-            format!("{}; final Store::flush timed; batch {}", store_writes, p50_p99(latencies))
-        } else {
-            format!("commit {}", p50_p99(latencies))
+        note: match kind {
+            EngineKind::FerryStore => format!(
+                "{}; final Store::flush timed; batch {}",
+                ferry::StoreWrites::Logged,
+                p50_p99(latencies)
+            ),
+            EngineKind::FerryStoreBatch => {
+                format!("{}; batch {}", ferry::StoreWrites::Batch, p50_p99(latencies))
+            }
+            _ => format!("commit {}", p50_p99(latencies)),
         },
         // Batch writes at least as fast as the fastest peer.
         goal: (!kind.is_peer()).then_some(Goal::RatioAtLeast(1.0)),
@@ -318,16 +329,9 @@ fn small_files(args: &Args, base: &Path, rows: &mut Vec<Row>) -> anyhow::Result<
         let (elapsed, latencies) = load(engine.as_mut(), &batches)?;
         println!("{}: wrote {} files in {elapsed:.2?}", kind.name(), args.files);
         if args.wants(Workload::Write) {
-            rows.push(write_row(
-                write_label.clone(),
-                kind,
-                args.store_writes,
-                args.files,
-                elapsed,
-                &latencies,
-            ));
+            rows.push(write_row(write_label.clone(), kind, args.files, elapsed, &latencies));
         }
-        if args.wants(Workload::Read) {
+        if args.wants(Workload::Read) && kind != EngineKind::FerryStoreBatch {
             if kind == EngineKind::FerryStore {
                 // Warm the cache: every file once.
                 for batch in &batches {
@@ -373,7 +377,7 @@ fn small_files(args: &Args, base: &Path, rows: &mut Vec<Row>) -> anyhow::Result<
                 },
             });
         }
-        if args.wants(Workload::Scan) {
+        if args.wants(Workload::Scan) && kind != EngineKind::FerryStoreBatch {
             for (label, prefix, expected, passes) in [
                 (format!("prefix scan {dir_prefix} ({dir_rows} rows)"), dir_prefix, dir_rows, 20),
                 (format!("full scan ({} rows)", args.files), "/", args.files, 3),
@@ -418,14 +422,7 @@ fn large_files(args: &Args, base: &Path, rows: &mut Vec<Row>) -> anyhow::Result<
         let mut engine = kind.open(&dir, args)?;
         let (elapsed, latencies) = load(engine.as_mut(), &batches)?;
         println!("{}: wrote {} large files in {elapsed:.2?}", kind.name(), args.large_files);
-        let mut row = write_row(
-            label.clone(),
-            kind,
-            args.store_writes,
-            args.large_files,
-            elapsed,
-            &latencies,
-        );
+        let mut row = write_row(label.clone(), kind, args.large_files, elapsed, &latencies);
         row.note
             .push_str(&format!(", {:.0} MiB on disk", dir_bytes(&dir)? as f64 / (1 << 20) as f64));
         rows.push(row);
@@ -454,14 +451,8 @@ fn space(args: &Args, base: &Path, rows: &mut Vec<Row>) -> anyhow::Result<()> {
         let mut engine = kind.open(&dir, args)?;
         load(engine.as_mut(), &initial)?;
         let (elapsed, latencies) = load(engine.as_mut(), &overwrites)?;
-        let mut overwrite_row = write_row(
-            format!("overwrite: {what}"),
-            kind,
-            args.store_writes,
-            args.overwrites,
-            elapsed,
-            &latencies,
-        );
+        let mut overwrite_row =
+            write_row(format!("overwrite: {what}"), kind, args.overwrites, elapsed, &latencies);
         overwrite_row.unit = "writes/s";
         overwrite_row.goal = None;
         rows.push(overwrite_row);
