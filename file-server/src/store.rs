@@ -401,7 +401,8 @@ impl Store {
     }
 
     /// A [`DirectBatch`] on each of `partitions` (open ones, in order). Holds none while it
-    /// waits for an atomic group to end: the group's writer may need any of them.
+    /// waits for a busy tree or an open atomic group: the group's writer may need any of them,
+    /// and a flusher holding its tree waits for that group.
     fn begin_direct_batches(&self, partitions: &[u32]) -> Result<Vec<DirectBatch<'_>>> {
         'retry: loop {
             let mut batches = Vec::with_capacity(partitions.len());
@@ -409,11 +410,11 @@ impl Store {
                 let part = self.partitions[p as usize]
                     .as_ref()
                     .ok_or(StoreError::PartitionNotOpen { partition: p })?;
-                match part.begin_direct_batch()? {
+                match part.try_begin_direct_batch()? {
                     Some(batch) => batches.push(batch),
                     None => {
                         drop(batches);
-                        part.wait_for_open_group();
+                        part.wait_for_direct_batch();
                         continue 'retry;
                     }
                 }

@@ -285,7 +285,13 @@ fn a_direct_batch_survives_a_simulated_crash_whole_or_not_at_all() {
             } else {
                 BatchStep::Finished
             };
-            let mut batch = store.begin_direct_batch().unwrap().expect("no group is open");
+            let mut batch = loop {
+                match store.try_begin_direct_batch().unwrap() {
+                    Some(batch) => break batch,
+                    // The flusher is committing.
+                    None => store.wait_for_direct_batch(),
+                }
+            };
             let mut model = states.last().unwrap().clone();
             for _ in 0..1 + rng.below(5) {
                 let (change, next) = random_change(&mut rng, &model);

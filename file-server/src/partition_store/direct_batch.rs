@@ -39,13 +39,14 @@ pub struct DirectBatch<'a> {
 }
 
 impl PartitionStore {
-    /// Opens a [`DirectBatch`], or returns `None` while an atomic group is open in the log
-    /// (a checkpoint inside a group would make the tree hold part of a group that recovery may
-    /// drop): wait with [`PartitionStore::wait_for_open_group`], holding no other partition's
-    /// batch, since the group's writer may need that partition too.
-    pub fn begin_direct_batch(&self) -> Result<Option<DirectBatch<'_>>> {
+    /// Opens a [`DirectBatch`], or returns `None` while the tree is busy (a flush or a
+    /// compaction) or an atomic group is open in the log (a checkpoint inside a group would
+    /// make the tree hold part of a group that recovery may drop). Then call
+    /// [`PartitionStore::wait_for_direct_batch`], holding no other partition's batch: a
+    /// flusher may be waiting for a group whose writer needs that partition.
+    pub fn try_begin_direct_batch(&self) -> Result<Option<DirectBatch<'_>>> {
         let inner = &*self.inner;
-        let tree = inner.tree.lock();
+        let Some(tree) = inner.tree.try_lock() else { return Ok(None) };
         let state = inner.state.write();
         if state.closed {
             return Err(StoreError::Closed);
@@ -65,8 +66,10 @@ impl PartitionStore {
         }))
     }
 
-    /// Returns once no atomic group is open in the partition's log.
-    pub fn wait_for_open_group(&self) {
+    /// Returns once the tree was free and no atomic group was open, for a
+    /// [`PartitionStore::try_begin_direct_batch`] that returned `None` to be tried again.
+    pub fn wait_for_direct_batch(&self) {
+        drop(self.inner.tree.lock());
         self.inner.wal.wait_no_open_group();
     }
 }
