@@ -52,7 +52,8 @@ pub struct Applied {
     /// The new version's metadata (a deleted file: size 0, zero hash).
     pub meta: FileMeta,
     pub deleted: bool,
-    /// The change's position in its partition's write-ahead log.
+    /// The change's position in its partition's write-ahead log (for a change written past
+    /// the log, [`DirectBatch`], the position of the last record before it).
     pub lsn: u64,
 }
 
