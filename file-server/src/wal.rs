@@ -912,6 +912,62 @@ impl WriteAheadLog {
         self.shared.cond.notify_all();
     }
 
+    /// Closes the open segment when the tree holds every record in it (and it holds any), and
+    /// removes it: for an explicit compaction, which should give back the log's space too
+    /// (appends close such a segment only from [`ROLL_COVERED_BYTES`] on, and a quiet log
+    /// keeps up to that much of dead records). Returns the segments removed.
+    pub fn close_covered_segment(&self) -> Result<usize> {
+        let mut st = self.shared.state.lock();
+        while st.leader {
+            self.shared.cond.wait(&mut st);
+        }
+        if let Some(err) = st.failure() {
+            return Err(err);
+        }
+        if st.buf_first_lsn != st.next_lsn {
+            // Records wait to be written: the segment is not covered.
+            return Ok(0);
+        }
+        // Leading keeps every other write out of the segments meanwhile; records appended
+        // meanwhile are buffered, from `first_lsn` on, for the next leader.
+        st.leader = true;
+        let first_lsn = st.next_lsn;
+        let result = MutexGuard::unlocked(&mut st, || {
+            let mut io = self.shared.io.lock();
+            let current = io.segments.last().expect("the log always has a current segment");
+            let covered =
+                io.checkpoint_lsn + 1 >= first_lsn && current.bytes > SEGMENT_HEADER_LEN as u64;
+            if covered {
+                roll(&mut io, first_lsn).map(|growth| (growth, io.checkpoint_lsn))
+            } else {
+                Ok((Growth::default(), io.checkpoint_lsn))
+            }
+        });
+        st.leader = false;
+        let rolled = match result {
+            Ok((growth, checkpoint_lsn)) => {
+                st.total_bytes += growth.bytes;
+                st.segment_count += growth.segments;
+                (growth.segments > 0).then_some(checkpoint_lsn)
+            }
+            Err((file, what)) => {
+                tracing::error!(file = %file.display(), error = %what, "write-ahead log failed");
+                st.failed = Some((file, what));
+                None
+            }
+        };
+        let failure = st.failure();
+        drop(st);
+        self.shared.cond.notify_all();
+        if let Some(err) = failure {
+            return Err(err);
+        }
+        match rolled {
+            Some(checkpoint_lsn) => self.checkpoint(checkpoint_lsn),
+            None => Ok(0),
+        }
+    }
+
     /// The LSN of the last appended record (the checkpoint's LSN if none was appended yet).
     pub fn last_lsn(&self) -> u64 {
         self.shared.state.lock().next_lsn - 1
@@ -1159,22 +1215,7 @@ impl Shared {
         // dead records (and its preallocation) forever.
         let covered = io.checkpoint_lsn + 1 >= first_lsn && current.bytes >= ROLL_COVERED_BYTES;
         if !batch.is_empty() && (current.bytes >= io.segment_bytes || covered) {
-            let path = io.dir.path().join(&current.name);
-            // Cut the preallocated zeros and sync the full segment first: a torn record in an
-            // older segment would end the log there and drop every later segment.
-            io.file
-                .set_len(current.bytes)
-                .and_then(|()| io.file.sync_data())
-                .map_err(|e| (path, format!("close segment: {e}")))?;
-            let (seg, file) = create_segment(io.dir.as_ref(), first_lsn)
-                .map_err(|e| (io.dir.path().join(segment_name(first_lsn)), e.to_string()))?;
-            io.dir
-                .sync()
-                .map_err(|e| (io.dir.path().to_owned(), format!("sync directory: {e}")))?;
-            growth.bytes += seg.bytes;
-            growth.segments += 1;
-            io.segments.push(seg);
-            io.file = file;
+            growth = roll(&mut io, first_lsn)?;
         }
         let seg = io.segments.last().expect("current segment");
         let (offset, allocated) = (seg.bytes, seg.allocated);
@@ -1206,6 +1247,25 @@ impl Shared {
         }
         Ok(growth)
     }
+}
+
+/// Closes the open segment and starts the next at `first_lsn`, the LSN of the next record.
+fn roll(io: &mut IoState, first_lsn: u64) -> std::result::Result<Growth, (PathBuf, String)> {
+    let current = io.segments.last().expect("the log always has a current segment");
+    let path = io.dir.path().join(&current.name);
+    // Cut the preallocated zeros and sync the full segment first: a torn record in an older
+    // segment would end the log there and drop every later segment.
+    io.file
+        .set_len(current.bytes)
+        .and_then(|()| io.file.sync_data())
+        .map_err(|e| (path, format!("close segment: {e}")))?;
+    let (seg, file) = create_segment(io.dir.as_ref(), first_lsn)
+        .map_err(|e| (io.dir.path().join(segment_name(first_lsn)), e.to_string()))?;
+    io.dir.sync().map_err(|e| (io.dir.path().to_owned(), format!("sync directory: {e}")))?;
+    let growth = Growth { bytes: seg.bytes, segments: 1 };
+    io.segments.push(seg);
+    io.file = file;
+    Ok(growth)
 }
 
 #[derive(Default)]

@@ -457,3 +457,33 @@ fn a_batch_waits_for_an_open_group_and_holds_no_partition_meanwhile() {
     assert_eq!(reader.get(&first).unwrap().unwrap().content.unwrap(), "grouped+batch");
     std::sync::Arc::try_unwrap(store).ok().unwrap().close().unwrap();
 }
+
+#[test]
+fn a_compaction_gives_back_the_logs_space_and_the_log_goes_on_after_it() {
+    let tmp = tempfile::tempdir().unwrap();
+    init(tmp.path());
+    let options = StoreOptions { flush_interval_ms: 3_600_000, ..fast() };
+    let store = Store::open(tmp.path(), options).unwrap();
+    let paths: Vec<FilePath> = (0..40).map(|i| p(&format!("/c{i}/f"))).collect();
+    for round in 0..50 {
+        for path in &paths {
+            store.apply(Change::put(path.clone(), format!("{round:0>400}"), "w")).unwrap();
+        }
+    }
+    let logged: u64 = store.stats().iter().map(|s| s.wal_bytes).sum();
+    assert!(logged > 800_000, "{logged}");
+    store.compact().unwrap();
+    for stats in store.stats() {
+        assert_eq!((stats.wal_segments, stats.wal_bytes), (1, 24), "{stats:?}");
+    }
+    // Changes after it go to the new segments and are recovered from them.
+    store.apply(Change::append(paths[3].clone(), "+after", "w")).unwrap();
+    store.apply(Change::put(p("/new/f"), "new", "w")).unwrap();
+    drop(store);
+    let store = Store::open(tmp.path(), options).unwrap();
+    let record = store.get(&paths[3]).unwrap().unwrap();
+    assert_eq!(record.meta.rev, 51);
+    assert!(record.content.clone().unwrap().ends_with(b"49+after"));
+    assert_eq!(store.get(&p("/new/f")).unwrap().unwrap().content.clone().unwrap(), "new");
+    store.close().unwrap();
+}

@@ -430,11 +430,14 @@ impl PartitionStore {
         self.inner.flush()
     }
 
-    /// Rewrites the tree into a new generation, reclaiming the space of old versions.
+    /// Rewrites the tree into a new generation, reclaiming the space of old versions, and
+    /// removes the log's open segment if the tree holds all of it (after a flush, it does).
     pub fn compact(&self) -> Result<crate::tree::CompactStats> {
         let mut tree = self.inner.tree.lock();
         let stats = tree.compact()?;
         self.inner.state.write().snapshot = tree.snapshot();
+        drop(tree);
+        self.inner.wal.close_covered_segment()?;
         Ok(stats)
     }
 
