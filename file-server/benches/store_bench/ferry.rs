@@ -84,8 +84,8 @@ const LIST_PAGE: usize = 1_000;
 pub enum StoreWrites {
     /// `Store::write_batch`: straight into the partitions' trees, durable at return.
     Batch,
-    /// One `Store::submit` per file (WAL, `always`), then a wait for every acknowledgement:
-    /// the changes share WAL syncs (group commit) as concurrent clients' changes would.
+    /// One `Store::submit` per file (WAL, `always`) in a `WriteGroup`, then a wait for every
+    /// acknowledgement.
     Logged,
 }
 
@@ -93,7 +93,9 @@ impl fmt::Display for StoreWrites {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(match self {
             StoreWrites::Batch => "batch = 1 Store::write_batch (past the WAL, durable)",
-            StoreWrites::Logged => "batch = 1 submit per file, then wait for every ack",
+            StoreWrites::Logged => {
+                "batch = 1 WriteGroup, 1 submit per file, then wait for every ack"
+            }
         })
     }
 }
@@ -137,9 +139,14 @@ impl KvEngine for FerryStore {
                 self.store.write_batch(&changes)?;
             }
             StoreWrites::Logged => {
+                // One atomic group per partition, as the peers' batch is one transaction; it
+                // also makes the partitions' logs durable with one sync of their file system.
+                let mut group = self.store.group();
                 for change in changes {
+                    group.join(&change.path);
                     self.pending.push(self.store.submit(change)?);
                 }
+                drop(group);
                 for pending in self.pending.drain(..) {
                     pending.wait()?;
                 }
