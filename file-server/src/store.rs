@@ -26,7 +26,7 @@ use crate::partition_store::{
 };
 use crate::path::FilePath;
 use crate::record::{FileMeta, SharedRecord};
-use crate::tree::{CompactStats, TreeFile};
+use crate::tree::{CompactStats, TreeFile, PAGE_SIZE};
 use crate::wal::{GroupSync, WalSync, DEFAULT_PREALLOCATE_BYTES, DEFAULT_SEGMENT_BYTES};
 
 /// The manifest's file name in the data directory.
@@ -352,20 +352,23 @@ impl Store {
         self.route(&change.path)?.submit(change)
     }
 
-    /// Writes `changes` straight into the partitions' trees, past their write-ahead logs, and
-    /// returns once they are durable, with what each change produced in the order given: for
-    /// bulk loads, which through the logs would write every byte twice.
+    /// Writes a batch of changes and returns once they are durable, with what each change
+    /// produced in the order given: for bulk loads.
     ///
     /// The changes apply in order, on top of everything applied before. One that cannot apply
     /// (a conflict, a file over the size limit, a bad patch) fails the whole batch before
-    /// anything is written. Each partition's share becomes visible and durable at once, and a
-    /// crash leaves each partition with all of its share or none of it; there is no atomicity
-    /// across partitions. While the batch commits, the partitions it writes apply no other
-    /// change and flush nothing (see [`DirectBatch`]): keep batches to a few thousand files.
+    /// anything is written. Each partition's share becomes visible at once, and a crash leaves
+    /// each partition with all of its share or none of it; there is no atomicity across
+    /// partitions. While the batch is written, the partitions it writes apply no other change
+    /// and flush nothing (see [`DirectBatch`]): keep batches to a few thousand files.
     ///
-    /// The trees' pages are made durable, then their headers, each step with one sync per file
-    /// system that two or more of the trees share (with [`WalGroupSync::Filesystem`], behind
-    /// the same gate as for logs) and an `fdatasync` of each other tree.
+    /// Files of a page (4 KiB) or more on average go straight into the partitions' trees, past
+    /// their write-ahead logs, which would write every byte twice: the trees' pages are made
+    /// durable, then their headers, each step with one sync per file system that two or more
+    /// of the trees share (with [`WalGroupSync::Filesystem`], behind the same gate as for
+    /// logs) and an `fdatasync` of each other tree. Smaller files go through the logs, one
+    /// atomic group per partition made durable together as a [`WriteGroup`] does: written
+    /// into a tree, each would cost the rewrite of a whole leaf.
     pub fn write_batch(&self, changes: &[Change]) -> Result<Vec<Applied>> {
         let mut shares: BTreeMap<u32, Vec<usize>> = BTreeMap::new();
         for (i, change) in changes.iter().enumerate() {
@@ -379,6 +382,12 @@ impl Store {
             for &i in share {
                 applied.push((i, batch.apply(&changes[i])?));
             }
+        }
+        let bytes: u64 = applied.iter().map(|(_, a)| a.meta.size).sum();
+        if bytes < applied.len() as u64 * PAGE_SIZE as u64 {
+            return self.log_batches(batches, &partitions, applied);
+        }
+        for batch in &mut batches {
             batch.stage()?;
         }
         self.sync_trees(&batches)?;
@@ -398,6 +407,33 @@ impl Store {
         finished?;
         applied.sort_unstable_by_key(|&(i, _)| i);
         Ok(applied.into_iter().map(|(_, a)| a).collect())
+    }
+
+    /// [`Store::write_batch`] through the logs: each batch's changes appended as one atomic
+    /// group, the logs made durable together, every change waited for. `applied` holds the
+    /// batches' changes (with their index in the call) in the batches' order.
+    fn log_batches(
+        &self,
+        batches: Vec<DirectBatch<'_>>,
+        partitions: &[u32],
+        applied: Vec<(usize, Applied)>,
+    ) -> Result<Vec<Applied>> {
+        let mut pending = Vec::with_capacity(applied.len());
+        for batch in batches {
+            pending.extend(batch.log()?);
+        }
+        if partitions.len() > 1
+            && self.group_sync == WalGroupSync::Filesystem
+            && self.wal_sync == WalSync::Always
+        {
+            self.sync_logs_together(partitions);
+        }
+        let mut done = Vec::with_capacity(pending.len());
+        for ((i, _), write) in applied.into_iter().zip(pending) {
+            done.push((i, write.wait()?));
+        }
+        done.sort_unstable_by_key(|&(i, _)| i);
+        Ok(done.into_iter().map(|(_, a)| a).collect())
     }
 
     /// A [`DirectBatch`] on each of `partitions` (open ones, in order). Holds none while it

@@ -252,9 +252,9 @@ const BATCH_STEPS: [BatchStep; 6] = [
     BatchStep::Finished,
 ];
 
-/// Changes through the log (some unacknowledged) and batches written past it into the tree,
-/// the flusher running meanwhile; the last batch stops at a random step and the directory is
-/// crashed there. The store must recover to a state after a prefix of the steps that never
+/// Changes through the log (some unacknowledged) and batches written past it into the tree
+/// (or, one in three, logged as one group), the flusher running meanwhile; the last batch
+/// stops at a random step and the directory is crashed there. The store must recover to a state after a prefix of the steps that never
 /// ends inside a batch and includes every acknowledged change and every finished batch.
 #[test]
 fn a_direct_batch_survives_a_simulated_crash_whole_or_not_at_all() {
@@ -300,6 +300,25 @@ fn a_direct_batch_survives_a_simulated_crash_whole_or_not_at_all() {
                 model = next;
             }
             states.push(model);
+            if rng.below(3) == 0 {
+                // Through the log instead, as one atomic group.
+                let pending = batch.log().unwrap();
+                if last && rng.below(2) == 0 {
+                    let crashed = dir.crash(seed);
+                    drop(pending);
+                    check_recovery(seed, &crashed, &states, acknowledged);
+                    break;
+                }
+                for write in pending {
+                    write.wait().unwrap();
+                }
+                // The log is durable up to the batch, so every change before it is too.
+                acknowledged = states.len() - 1;
+                if last {
+                    check_recovery(seed, &dir.crash(seed), &states, acknowledged);
+                }
+                continue;
+            }
             for step in &BATCH_STEPS[1..] {
                 if BATCH_STEPS.iter().position(|s| s == step)
                     > BATCH_STEPS.iter().position(|s| *s == stop_after)

@@ -363,7 +363,10 @@ fn a_batch_goes_straight_to_the_trees_on_top_of_the_logged_changes() {
         Change::append(notes.clone(), ", two", "admin").expecting(1),
         Change::delete(gone.clone(), "admin"),
     ];
-    changes.extend((0..40).map(|i| Change::put(p(&format!("/d{i}/f")), format!("{i}"), "admin")));
+    // 8 KiB files: past the logs, straight into the trees.
+    changes.extend(
+        (0..40).map(|i| Change::put(p(&format!("/d{i}/f")), format!("{i:0>8192}"), "admin")),
+    );
     changes.push(Change::append(notes.clone(), ", three", "admin"));
     let applied = store.write_batch(&changes).unwrap();
     assert_eq!(applied.len(), changes.len());
@@ -453,8 +456,7 @@ fn a_batch_waits_for_an_open_group_and_holds_no_partition_meanwhile() {
     let applied = done.recv_timeout(std::time::Duration::from_secs(10)).expect("after the group");
     batcher.join().unwrap();
     assert_eq!(applied[0].meta.rev, 2, "on top of the group's change");
-    let reader = open_read_only(tmp.path()).unwrap();
-    assert_eq!(reader.get(&first).unwrap().unwrap().content.unwrap(), "grouped+batch");
+    assert_eq!(store.get(&first).unwrap().unwrap().content.clone().unwrap(), "grouped+batch");
     std::sync::Arc::try_unwrap(store).ok().unwrap().close().unwrap();
 }
 
@@ -485,5 +487,33 @@ fn a_compaction_gives_back_the_logs_space_and_the_log_goes_on_after_it() {
     assert_eq!(record.meta.rev, 51);
     assert!(record.content.clone().unwrap().ends_with(b"49+after"));
     assert_eq!(store.get(&p("/new/f")).unwrap().unwrap().content.clone().unwrap(), "new");
+    store.close().unwrap();
+}
+
+#[test]
+fn a_batch_of_small_files_goes_through_the_logs_as_one_group_per_partition() {
+    let tmp = tempfile::tempdir().unwrap();
+    init(tmp.path());
+    let options = StoreOptions { flush_interval_ms: 3_600_000, ..fast() };
+    let store = Store::open(tmp.path(), options).unwrap();
+    let a = p("/home/alice/a.txt");
+    store.apply(Change::put(a.clone(), "a", "alice")).unwrap();
+    let mut changes: Vec<Change> =
+        (0..40).map(|i| Change::put(p(&format!("/s{i}/f")), format!("{i}"), "admin")).collect();
+    changes.push(Change::append(a.clone(), "+b", "admin").expecting(1));
+    changes.push(Change::append(a.clone(), "+c", "admin"));
+    let applied = store.write_batch(&changes).unwrap();
+    assert!(applied.iter().zip(&changes).all(|(a, c)| a.path == c.path), "in the order given");
+    assert_eq!(applied.last().unwrap().meta.rev, 3);
+    assert!(applied[41].lsn > applied[40].lsn, "each change has its own record, in order");
+    // In the logs and the dirty sets, not yet in the trees.
+    let reader = open_read_only(tmp.path()).unwrap();
+    assert_eq!(reader.list("/s", None, 100).unwrap().len(), 0);
+    assert_eq!(store.stats().iter().map(|s| s.dirty).sum::<usize>(), 41);
+    assert_eq!(store.get(&a).unwrap().unwrap().content.clone().unwrap(), "a+b+c");
+    drop(store);
+    let store = Store::open(tmp.path(), options).unwrap();
+    assert_eq!(store.list("/s", None, 100).unwrap().len(), 40);
+    assert_eq!(store.stat(&a).unwrap().unwrap().rev, 3);
     store.close().unwrap();
 }

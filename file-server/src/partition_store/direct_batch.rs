@@ -12,17 +12,21 @@
 //!
 //! The steps are apart so that [`crate::Store::write_batch`] can commit several partitions
 //! with one file-system sync per step: apply every change, stage the pages, make them durable,
-//! write the header, make it durable, finish.
+//! write the header, make it durable, finish. Or, once every change has applied, the batch
+//! goes to the log after all ([`DirectBatch::log`]): for small files the tree's leaf rewrites
+//! cost more than logging; applying first still lets a change that cannot apply fail the
+//! whole batch before anything is written.
 
 use std::collections::BTreeMap;
 
 use parking_lot::{MutexGuard, RwLockWriteGuard};
 
-use super::{apply_change, now_ms, Applied, Change, PartitionStore, State};
+use super::{apply_change, now_ms, Applied, Change, Dirty, PartitionStore, PendingWrite, State};
 use crate::error::{Result, StoreError};
 use crate::path::FilePath;
 use crate::record::{Record, SharedRecord};
 use crate::tree::{StagedCommit, TreeFile};
+use crate::wal::GroupSync;
 
 /// See the module documentation.
 #[must_use = "a batch changes nothing until it is finished"]
@@ -32,6 +36,9 @@ pub struct DirectBatch<'a> {
     state: RwLockWriteGuard<'a, State>,
     /// The batch's new versions; a path changed twice keeps its last.
     written: BTreeMap<FilePath, SharedRecord>,
+    /// Every change applied, with its time and new version, in order: what
+    /// [`DirectBatch::log`] appends.
+    changes: Vec<(Change, u64, SharedRecord)>,
     applied: Vec<Applied>,
     /// The log's last LSN when the batch was opened: the new tree holds every change up to it.
     checkpoint_lsn: u64,
@@ -60,6 +67,7 @@ impl PartitionStore {
             tree,
             state,
             written: BTreeMap::new(),
+            changes: Vec::new(),
             applied: Vec::new(),
             checkpoint_lsn: inner.wal.last_lsn(),
             staged: None,
@@ -91,16 +99,66 @@ impl DirectBatch<'_> {
             Some(record) => Some(record.clone()),
             None => inner.current(&self.state, &change.path)?,
         };
-        let record = apply_change(current.as_deref(), change, now_ms(), inner.max_file_size)?;
+        let mtime_ms = now_ms();
+        let record = apply_change(current.as_deref(), change, mtime_ms, inner.max_file_size)?;
         let applied = Applied {
             path: change.path.clone(),
             meta: record.meta.clone(),
             deleted: record.is_deleted(),
             lsn: self.checkpoint_lsn,
         };
-        self.written.insert(change.path.clone(), SharedRecord::new(&change.path, record));
+        let record = SharedRecord::new(&change.path, record);
+        self.written.insert(change.path.clone(), record.clone());
+        self.changes.push((change.clone(), mtime_ms, record));
         self.applied.push(applied.clone());
         Ok(applied)
+    }
+
+    /// Instead of staging: appends the batch's changes to the log as one atomic group and
+    /// puts their versions in the dirty set, as [`PartitionStore::submit`] would, and lets go
+    /// of the partition. For small files, whose every change written into the tree costs the
+    /// rewrite of a whole leaf, more than logging it. Readers see the changes at once;
+    /// acknowledge each only after its [`PendingWrite::wait`].
+    pub fn log(self) -> Result<Vec<PendingWrite>> {
+        if self.staged.is_some() {
+            return Err(StoreError::Closed);
+        }
+        let DirectBatch { part, tree, mut state, changes, .. } = self;
+        // The flusher may take the tree; it waits for the group below to close.
+        drop(tree);
+        let inner = &*part.inner;
+        inner.wal.begin_group(GroupSync::Caller);
+        let mut pending = Vec::with_capacity(changes.len());
+        let mut appended = Ok(());
+        for (change, mtime_ms, record) in changes {
+            let lsn = match inner.wal.append(&change.wal_entry(record.meta.rev, mtime_ms)) {
+                Ok(lsn) => lsn,
+                Err(e) => {
+                    appended = Err(e);
+                    break;
+                }
+            };
+            let applied = Applied {
+                path: change.path.clone(),
+                meta: record.meta.clone(),
+                deleted: record.is_deleted(),
+                lsn,
+            };
+            state
+                .dirty
+                .insert(Box::from(change.path.as_str()), Dirty { record, path: change.path, lsn });
+            pending.push(PendingWrite { inner: part.inner.clone(), applied });
+        }
+        // A group cut short by a failed append is never closed durably: recovery drops it.
+        inner.wal.end_group(GroupSync::Caller);
+        let dirty = state.dirty.len();
+        inner.dirty_files.set(dirty);
+        drop(state);
+        if dirty >= inner.flush_max_dirty {
+            // A full channel means a flush is already asked for.
+            let _ = inner.kick.try_send(());
+        }
+        appended.map(|()| pending)
     }
 
     /// Writes the pages of the dirty set and of the batch past the tree's end, not yet synced.
@@ -133,8 +191,9 @@ impl DirectBatch<'_> {
     /// not push out the files that are read. Returns what each change produced, in the order
     /// applied.
     pub fn finish(self) -> Result<Vec<Applied>> {
-        let DirectBatch { part, mut tree, mut state, written, applied, checkpoint_lsn, staged } =
-            self;
+        let DirectBatch {
+            part, mut tree, mut state, written, applied, checkpoint_lsn, staged, ..
+        } = self;
         let inner = &*part.inner;
         tree.install(staged.ok_or(StoreError::Closed)?)?;
         for dirty in std::mem::take(&mut state.dirty).into_values() {
