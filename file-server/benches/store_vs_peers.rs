@@ -52,9 +52,10 @@ enum EngineKind {
     Sqlite,
     /// Ferry's B+tree alone: `TreeFile::commit`, snapshot reads (no cache).
     FerryTree,
-    /// Ferry's full write path: WAL (`always`) + write-behind flush, moka-cached reads.
+    /// Ferry's full write path: each batch a `Store::write_batch` through the WAL (`always`),
+    /// write-behind flush, moka-cached reads.
     FerryStore,
-    /// Ferry's `Store` writing each batch with `Store::write_batch`, straight into the trees
+    /// Ferry's `Store` writing each batch with `Store::write_batch` straight into the trees
     /// (write workloads only: its reads are `ferry-store`'s).
     FerryStoreBatch,
 }
@@ -84,12 +85,12 @@ impl EngineKind {
             EngineKind::FerryStore => Box::new(ferry::FerryStore::create(
                 dir,
                 args.cache_mib << 20,
-                ferry::StoreWrites::Logged,
+                ferry_file_server::BatchRoute::Logs,
             )?),
             EngineKind::FerryStoreBatch => Box::new(ferry::FerryStore::create(
                 dir,
                 args.cache_mib << 20,
-                ferry::StoreWrites::Batch,
+                ferry_file_server::BatchRoute::Trees,
             )?),
         })
     }
@@ -282,12 +283,14 @@ fn write_row(
         note: match kind {
             EngineKind::FerryStore => format!(
                 "{}; final Store::flush timed; batch {}",
-                ferry::StoreWrites::Logged,
+                ferry::describe(ferry_file_server::BatchRoute::Logs),
                 p50_p99(latencies)
             ),
-            EngineKind::FerryStoreBatch => {
-                format!("{}; batch {}", ferry::StoreWrites::Batch, p50_p99(latencies))
-            }
+            EngineKind::FerryStoreBatch => format!(
+                "{}; batch {}",
+                ferry::describe(ferry_file_server::BatchRoute::Trees),
+                p50_p99(latencies)
+            ),
             _ => format!("commit {}", p50_p99(latencies)),
         },
         // Batch writes at least as fast as the fastest peer.

@@ -30,5 +30,7 @@ pub use partition_store::{Applied, Change, Edit, PartitionStore, PendingWrite};
 pub use path::{FilePath, PathError};
 pub use read_only::{open_read_only, ReadOnlyStore};
 pub use record::{FileMeta, Record, SharedRecord};
-pub use store::{InitOptions, JointLogSync, Store, StoreOptions, WalGroupSync, WriteGroup};
+pub use store::{
+    BatchRoute, InitOptions, JointLogSync, Store, StoreOptions, WalGroupSync, WriteGroup,
+};
 pub use wal::{GroupSync, WalSync, WrittenPoint};

@@ -4,8 +4,8 @@
 use std::path::Path;
 
 use ferry_file_server::{
-    open_read_only, Change, FilePath, InitOptions, Store, StoreError, StoreOptions, WalGroupSync,
-    WalSync,
+    open_read_only, BatchRoute, Change, FilePath, InitOptions, Store, StoreError, StoreOptions,
+    WalGroupSync, WalSync,
 };
 
 fn p(s: &str) -> FilePath {
@@ -363,12 +363,9 @@ fn a_batch_goes_straight_to_the_trees_on_top_of_the_logged_changes() {
         Change::append(notes.clone(), ", two", "admin").expecting(1),
         Change::delete(gone.clone(), "admin"),
     ];
-    // 8 KiB files: past the logs, straight into the trees.
-    changes.extend(
-        (0..40).map(|i| Change::put(p(&format!("/d{i}/f")), format!("{i:0>8192}"), "admin")),
-    );
+    changes.extend((0..40).map(|i| Change::put(p(&format!("/d{i}/f")), format!("{i}"), "admin")));
     changes.push(Change::append(notes.clone(), ", three", "admin"));
-    let applied = store.write_batch(&changes).unwrap();
+    let applied = store.write_batch(&changes, BatchRoute::Trees).unwrap();
     assert_eq!(applied.len(), changes.len());
     assert!(applied.iter().zip(&changes).all(|(a, c)| a.path == c.path), "in the order given");
     assert_eq!((applied[0].meta.rev, applied[1].meta.rev, applied[1].deleted), (2, 2, true));
@@ -412,8 +409,10 @@ fn a_batch_with_a_change_that_cannot_apply_writes_nothing() {
     let mut changes: Vec<Change> =
         (0..20).map(|i| Change::put(p(&format!("/d{i}/f")), "x", "admin")).collect();
     changes.push(Change::put(a.clone(), "b", "admin").expecting(7));
-    let err = store.write_batch(&changes).unwrap_err();
-    assert!(matches!(err, StoreError::Conflict { expected: 7, actual: 1, .. }), "{err:?}");
+    for route in [BatchRoute::Trees, BatchRoute::Logs] {
+        let err = store.write_batch(&changes, route).unwrap_err();
+        assert!(matches!(err, StoreError::Conflict { expected: 7, actual: 1, .. }), "{err:?}");
+    }
     let after = store.stats();
     let trees = |stats: &[ferry_file_server::partition_store::PartitionStats]| {
         stats.iter().map(|s| (s.entries, s.checkpoint_lsn, s.tree_generation)).collect::<Vec<_>>()
@@ -443,7 +442,9 @@ fn a_batch_waits_for_an_open_group_and_holds_no_partition_meanwhile() {
         let store = store.clone();
         let changes: Vec<Change> =
             paths.iter().map(|path| Change::append(path.clone(), "+batch", "admin")).collect();
-        std::thread::spawn(move || done_tx.send(store.write_batch(&changes).unwrap()).unwrap())
+        std::thread::spawn(move || {
+            done_tx.send(store.write_batch(&changes, BatchRoute::Trees).unwrap()).unwrap()
+        })
     };
     assert!(done.recv_timeout(std::time::Duration::from_millis(200)).is_err(), "inside a group");
     // The group's writer can still reach every partition, the batch's included.
@@ -456,7 +457,8 @@ fn a_batch_waits_for_an_open_group_and_holds_no_partition_meanwhile() {
     let applied = done.recv_timeout(std::time::Duration::from_secs(10)).expect("after the group");
     batcher.join().unwrap();
     assert_eq!(applied[0].meta.rev, 2, "on top of the group's change");
-    assert_eq!(store.get(&first).unwrap().unwrap().content.clone().unwrap(), "grouped+batch");
+    let reader = open_read_only(tmp.path()).unwrap();
+    assert_eq!(reader.get(&first).unwrap().unwrap().content.unwrap(), "grouped+batch");
     std::sync::Arc::try_unwrap(store).ok().unwrap().close().unwrap();
 }
 
@@ -491,7 +493,7 @@ fn a_compaction_gives_back_the_logs_space_and_the_log_goes_on_after_it() {
 }
 
 #[test]
-fn a_batch_of_small_files_goes_through_the_logs_as_one_group_per_partition() {
+fn a_batch_through_the_logs_is_one_group_per_partition_flushed_later() {
     let tmp = tempfile::tempdir().unwrap();
     init(tmp.path());
     let options = StoreOptions { flush_interval_ms: 3_600_000, ..fast() };
@@ -502,7 +504,7 @@ fn a_batch_of_small_files_goes_through_the_logs_as_one_group_per_partition() {
         (0..40).map(|i| Change::put(p(&format!("/s{i}/f")), format!("{i}"), "admin")).collect();
     changes.push(Change::append(a.clone(), "+b", "admin").expecting(1));
     changes.push(Change::append(a.clone(), "+c", "admin"));
-    let applied = store.write_batch(&changes).unwrap();
+    let applied = store.write_batch(&changes, BatchRoute::Logs).unwrap();
     assert!(applied.iter().zip(&changes).all(|(a, c)| a.path == c.path), "in the order given");
     assert_eq!(applied.last().unwrap().meta.rev, 3);
     assert!(applied[41].lsn > applied[40].lsn, "each change has its own record, in order");

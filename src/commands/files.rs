@@ -17,7 +17,7 @@ use ferry_file_server::read_only::StoreSnapshot;
 use ferry_file_server::store::{partition_dir, read_layout};
 use ferry_file_server::tree::verify_tree;
 use ferry_file_server::wal::verify_wal;
-use ferry_file_server::{Change, FileMeta, FilePath, ReadOnlyStore, Store};
+use ferry_file_server::{BatchRoute, Change, FileMeta, FilePath, ReadOnlyStore, Store};
 
 use super::store_options::store_options;
 
@@ -202,8 +202,9 @@ fn files_below(root: &Path) -> anyhow::Result<Vec<(FilePath, PathBuf)>> {
 const IMPORT_BATCH_FILES: usize = 1_000;
 const IMPORT_BATCH_BYTES: usize = 64 << 20;
 
-/// Writes the files in batches straight into the trees (`Store::write_batch`): through the
-/// logs every byte would be written twice, and every file held in memory until its flush.
+/// Writes the files in batches straight into the trees (`BatchRoute::Trees`: the walk is in
+/// path order, so a batch fills few leaves): through the logs every byte would be written
+/// twice, and every file held in memory until its flush.
 fn import(config: &FerryConfig, source: &Path, author: &str) -> anyhow::Result<ExitCode> {
     let files = files_below(source)?;
     let store = open_writer(config)?;
@@ -216,7 +217,7 @@ fn import(config: &FerryConfig, source: &Path, author: &str) -> anyhow::Result<E
         batch.push(Change::put(path.clone(), content, author));
         let last = i + 1 == files.len();
         if last || batch.len() >= IMPORT_BATCH_FILES || batch_bytes >= IMPORT_BATCH_BYTES {
-            store.write_batch(&batch)?;
+            store.write_batch(&batch, BatchRoute::Trees)?;
             batch.clear();
             batch_bytes = 0;
         }

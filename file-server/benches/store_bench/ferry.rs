@@ -1,5 +1,6 @@
-//! Ferry's two rows: the B+tree alone (`TreeFile`), and the `Store` (batches written straight
-//! into its trees, or through the WAL with the `always` policy and write-behind; moka cache).
+//! Ferry's rows: the B+tree alone (`TreeFile`), and the `Store` (batches written with
+//! `Store::write_batch` through the WAL with the `always` policy and write-behind, or straight
+//! into its trees; moka cache).
 
 use std::collections::VecDeque;
 use std::fmt;
@@ -11,7 +12,7 @@ use bytes::Bytes;
 use ferry_file_server::backend::{FsDir, StorageDir};
 use ferry_file_server::tree::TreeFile;
 use ferry_file_server::{
-    Change, FilePath, InitOptions, PendingWrite, Store, StoreOptions, WalSync,
+    BatchRoute, Change, FilePath, InitOptions, PendingWrite, Store, StoreOptions, WalSync,
 };
 use hdrhistogram::Histogram;
 
@@ -23,8 +24,8 @@ use super::timing::{micros, micros_histogram, p50_p99};
 pub const TREE_NAME: &str = "Ferry TreeFile";
 /// The store row's name in the result table.
 pub const STORE_NAME: &str = "Ferry Store (WAL always)";
-/// The name of the store row whose batches go through `Store::write_batch`.
-pub const STORE_BATCH_NAME: &str = "Ferry Store (write_batch)";
+/// The name of the store row whose batches go into the trees, past the WAL.
+pub const STORE_BATCH_NAME: &str = "Ferry Store (into the trees)";
 
 /// One partition's B+tree, written with `TreeFile::commit` and read through snapshots.
 pub struct FerryTree {
@@ -79,34 +80,20 @@ impl KvEngine for FerryTree {
 /// Files listed per `Store::list` call when scanning.
 const LIST_PAGE: usize = 1_000;
 
-/// How [`FerryStore`] writes a batch.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum StoreWrites {
-    /// `Store::write_batch`: straight into the partitions' trees, durable at return.
-    Batch,
-    /// One `Store::submit` per file (WAL, `always`) in a `WriteGroup`, then a wait for every
-    /// acknowledgement.
-    Logged,
-}
-
-impl fmt::Display for StoreWrites {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(match self {
-            StoreWrites::Batch => "batch = 1 Store::write_batch (past the WAL, durable)",
-            StoreWrites::Logged => {
-                "batch = 1 WriteGroup, 1 submit per file, then wait for every ack"
-            }
-        })
+/// What a row's notes say of a batch written by `route`.
+pub fn describe(route: BatchRoute) -> &'static str {
+    match route {
+        BatchRoute::Logs => "batch = 1 Store::write_batch through the WAL (1 group per partition)",
+        BatchRoute::Trees => "batch = 1 Store::write_batch into the trees (past the WAL)",
     }
 }
 
 /// A store with the default layout (16 partitions, depth 2) and the `always` WAL policy,
-/// writing batches one way or the other.
+/// writing each batch with `Store::write_batch` by `route`.
 pub struct FerryStore {
     store: Store,
     author: Arc<str>,
-    writes: StoreWrites,
-    pending: Vec<PendingWrite>,
+    route: BatchRoute,
 }
 
 fn open_store(dir: &Path, cache_bytes: u64) -> anyhow::Result<Store> {
@@ -117,41 +104,21 @@ fn open_store(dir: &Path, cache_bytes: u64) -> anyhow::Result<Store> {
 }
 
 impl FerryStore {
-    pub fn create(dir: &Path, cache_bytes: u64, writes: StoreWrites) -> anyhow::Result<FerryStore> {
-        Ok(FerryStore {
-            store: open_store(dir, cache_bytes)?,
-            author: data::author(),
-            writes,
-            pending: Vec::new(),
-        })
+    pub fn create(dir: &Path, cache_bytes: u64, route: BatchRoute) -> anyhow::Result<FerryStore> {
+        Ok(FerryStore { store: open_store(dir, cache_bytes)?, author: data::author(), route })
     }
 }
 
 impl KvEngine for FerryStore {
     fn commit_batch(&mut self, batch: &Batch) -> anyhow::Result<()> {
-        let changes = batch.iter().map(|(path, record)| {
-            let content = record.content.clone().unwrap_or_default();
-            Change::put(path.clone(), content, &self.author)
-        });
-        match self.writes {
-            StoreWrites::Batch => {
-                let changes: Vec<Change> = changes.collect();
-                self.store.write_batch(&changes)?;
-            }
-            StoreWrites::Logged => {
-                // One atomic group per partition, as the peers' batch is one transaction; it
-                // also makes the partitions' logs durable with one sync of their file system.
-                let mut group = self.store.group();
-                for change in changes {
-                    group.join(&change.path);
-                    self.pending.push(self.store.submit(change)?);
-                }
-                drop(group);
-                for pending in self.pending.drain(..) {
-                    pending.wait()?;
-                }
-            }
-        }
+        let changes: Vec<Change> = batch
+            .iter()
+            .map(|(path, record)| {
+                let content = record.content.clone().unwrap_or_default();
+                Change::put(path.clone(), content, &self.author)
+            })
+            .collect();
+        self.store.write_batch(&changes, self.route)?;
         Ok(())
     }
 
