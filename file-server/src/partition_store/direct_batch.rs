@@ -13,9 +13,9 @@
 //! The steps are apart so that [`crate::Store::write_batch`] can commit several partitions
 //! with one file-system sync per step: apply every change, stage the pages, make them durable,
 //! write the header, make it durable, finish. Or, once every change has applied, the batch
-//! goes to the log after all ([`DirectBatch::log`]): for small files the tree's leaf rewrites
-//! cost more than logging; applying first still lets a change that cannot apply fail the
-//! whole batch before anything is written.
+//! goes to the log after all ([`DirectBatch::log`], [`crate::BatchRoute::Logs`]): for small
+//! files scattered over the tree, its leaf rewrites cost more than logging; applying first
+//! still lets a change that cannot apply fail the whole batch before anything is written.
 
 use std::collections::BTreeMap;
 
@@ -116,9 +116,9 @@ impl DirectBatch<'_> {
 
     /// Instead of staging: appends the batch's changes to the log as one atomic group and
     /// puts their versions in the dirty set, as [`PartitionStore::submit`] would, and lets go
-    /// of the partition. For small files, whose every change written into the tree costs the
-    /// rewrite of a whole leaf, more than logging it. Readers see the changes at once;
-    /// acknowledge each only after its [`PendingWrite::wait`].
+    /// of the partition. For small files scattered over the tree, each of which would cost the
+    /// rewrite of a whole leaf there. Readers see the changes at once; acknowledge each only
+    /// after its [`PendingWrite::wait`].
     pub fn log(self) -> Result<Vec<PendingWrite>> {
         if self.staged.is_some() {
             return Err(StoreError::Closed);
