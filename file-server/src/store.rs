@@ -393,15 +393,28 @@ impl Store {
         }
         let partitions: Vec<u32> = shares.keys().copied().collect();
         let mut batches = self.begin_direct_batches(&partitions)?;
+        // Each change's index in `changes`, in the order the batches apply them.
+        let order: Vec<usize> = shares.values().flatten().copied().collect();
         let mut applied = Vec::with_capacity(changes.len());
         for (batch, share) in batches.iter_mut().zip(shares.values()) {
             for &i in share {
-                applied.push((i, batch.apply(&changes[i])?));
+                applied.push(batch.apply(&changes[i])?);
             }
         }
-        if route == BatchRoute::Logs {
-            return self.log_batches(batches, &partitions, applied);
-        }
+        let applied = match route {
+            BatchRoute::Logs => self.log_batches(batches, &partitions)?,
+            BatchRoute::Trees => {
+                self.commit_batches(batches)?;
+                applied
+            }
+        };
+        let mut given: Vec<(usize, Applied)> = order.into_iter().zip(applied).collect();
+        given.sort_unstable_by_key(|&(i, _)| i);
+        Ok(given.into_iter().map(|(_, a)| a).collect())
+    }
+
+    /// [`Store::write_batch`] into the trees: pages, one sync, headers, one sync, finish.
+    fn commit_batches(&self, mut batches: Vec<DirectBatch<'_>>) -> Result<()> {
         for batch in &mut batches {
             batch.stage()?;
         }
@@ -416,24 +429,21 @@ impl Store {
         for batch in batches {
             let result = batch.finish();
             if finished.is_ok() {
-                finished = result.map(drop);
+                finished = result;
             }
         }
-        finished?;
-        applied.sort_unstable_by_key(|&(i, _)| i);
-        Ok(applied.into_iter().map(|(_, a)| a).collect())
+        finished
     }
 
     /// [`Store::write_batch`] through the logs: each batch's changes appended as one atomic
-    /// group, the logs made durable together, every change waited for. `applied` holds the
-    /// batches' changes (with their index in the call) in the batches' order.
+    /// group, the logs made durable together, every change waited for. Returns what each
+    /// change produced, in the batches' order.
     fn log_batches(
         &self,
         batches: Vec<DirectBatch<'_>>,
         partitions: &[u32],
-        applied: Vec<(usize, Applied)>,
     ) -> Result<Vec<Applied>> {
-        let mut pending = Vec::with_capacity(applied.len());
+        let mut pending = Vec::new();
         for batch in batches {
             pending.extend(batch.log()?);
         }
@@ -443,12 +453,7 @@ impl Store {
         {
             self.sync_logs_together(partitions);
         }
-        let mut done = Vec::with_capacity(pending.len());
-        for ((i, _), write) in applied.into_iter().zip(pending) {
-            done.push((i, write.wait()?));
-        }
-        done.sort_unstable_by_key(|&(i, _)| i);
-        Ok(done.into_iter().map(|(_, a)| a).collect())
+        pending.into_iter().map(PendingWrite::wait).collect()
     }
 
     /// A [`DirectBatch`] on each of `partitions` (open ones, in order). Holds none while it
@@ -480,16 +485,11 @@ impl Store {
         if self.group_sync == WalGroupSync::Filesystem
             && self.filesystem_sync_gate.is_open(Instant::now())
         {
-            let mut trees: Vec<(u64, usize)> = batches
-                .iter()
-                .enumerate()
-                .filter_map(|(i, batch)| Some((batch.partition().filesystem()?, i)))
-                .collect();
-            trees.sort_unstable();
-            for same in trees.chunk_by(|a, b| a.0 == b.0).filter(|same| same.len() > 1) {
-                let part = batches[same[0].1].partition();
+            let trees = batches.iter().enumerate().map(|(i, b)| (b.partition().filesystem(), i));
+            for same in sharing_a_filesystem(trees) {
+                let part = batches[same[0]].partition();
                 if sync_filesystem_gated(&self.dir, &self.filesystem_sync_gate, part, "trees") {
-                    for &(_, i) in same {
+                    for i in same {
                         synced[i] = true;
                     }
                 }
@@ -679,21 +679,29 @@ fn sync_logs_by_filesystem<'a>(
     if !gate.is_open(Instant::now()) {
         return;
     }
-    let mut logs: Vec<(u64, &PartitionStore)> =
-        parts.filter_map(|part| Some((part.filesystem()?, part))).collect();
-    logs.sort_by_key(|&(filesystem, _)| filesystem);
-    for same in logs.chunk_by(|a, b| a.0 == b.0).filter(|same| same.len() > 1) {
+    for same in sharing_a_filesystem(parts.map(|part| (part.filesystem(), part))) {
         // A log whose write failed has failed as a whole: its waiters get that error.
-        let written: Vec<_> = same
-            .iter()
-            .filter_map(|&(_, part)| Some((part, part.write_log_unsynced().ok()?)))
-            .collect();
-        if sync_filesystem_gated(dir, gate, same[0].1, "write-ahead logs") {
+        let written: Vec<_> =
+            same.iter().filter_map(|&part| Some((part, part.write_log_unsynced().ok()?))).collect();
+        if sync_filesystem_gated(dir, gate, same[0], "write-ahead logs") {
             for (part, point) in written {
                 part.mark_log_synced(point);
             }
         }
     }
+}
+
+/// The items on a file system ([`StorageDir::filesystem`]) shared with at least one other, in
+/// groups by file system; items on none known, or alone on theirs, are left out.
+fn sharing_a_filesystem<T: Copy>(items: impl Iterator<Item = (Option<u64>, T)>) -> Vec<Vec<T>> {
+    let mut known: Vec<(u64, T)> =
+        items.filter_map(|(filesystem, item)| Some((filesystem?, item))).collect();
+    known.sort_by_key(|&(filesystem, _)| filesystem);
+    known
+        .chunk_by(|a, b| a.0 == b.0)
+        .filter(|same| same.len() > 1)
+        .map(|same| same.iter().map(|&(_, item)| item).collect())
+        .collect()
 }
 
 /// Syncs the file system `part` is on, timing the sync for `gate`; reports whether it

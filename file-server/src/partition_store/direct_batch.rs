@@ -21,7 +21,7 @@ use std::collections::BTreeMap;
 
 use parking_lot::{MutexGuard, RwLockWriteGuard};
 
-use super::{apply_change, now_ms, Applied, Change, Dirty, PartitionStore, PendingWrite, State};
+use super::{apply_change, now_ms, Applied, Change, PartitionStore, PendingWrite, State};
 use crate::error::{Result, StoreError};
 use crate::path::FilePath;
 use crate::record::{Record, SharedRecord};
@@ -39,7 +39,6 @@ pub struct DirectBatch<'a> {
     /// Every change applied, with its time and new version, in order: what
     /// [`DirectBatch::log`] appends.
     changes: Vec<(Change, u64, SharedRecord)>,
-    applied: Vec<Applied>,
     /// The log's last LSN when the batch was opened: the new tree holds every change up to it.
     checkpoint_lsn: u64,
     staged: Option<StagedCommit>,
@@ -68,7 +67,6 @@ impl PartitionStore {
             state,
             written: BTreeMap::new(),
             changes: Vec::new(),
-            applied: Vec::new(),
             checkpoint_lsn: inner.wal.last_lsn(),
             staged: None,
         }))
@@ -110,7 +108,6 @@ impl DirectBatch<'_> {
         let record = SharedRecord::new(&change.path, record);
         self.written.insert(change.path.clone(), record.clone());
         self.changes.push((change.clone(), mtime_ms, record));
-        self.applied.push(applied.clone());
         Ok(applied)
     }
 
@@ -131,33 +128,18 @@ impl DirectBatch<'_> {
         let mut pending = Vec::with_capacity(changes.len());
         let mut appended = Ok(());
         for (change, mtime_ms, record) in changes {
-            let lsn = match inner.wal.append(&change.wal_entry(record.meta.rev, mtime_ms)) {
-                Ok(lsn) => lsn,
+            match inner.log_change(&mut state, change, mtime_ms, record) {
+                Ok(applied) => pending.push(PendingWrite { inner: part.inner.clone(), applied }),
                 Err(e) => {
                     appended = Err(e);
                     break;
                 }
-            };
-            let applied = Applied {
-                path: change.path.clone(),
-                meta: record.meta.clone(),
-                deleted: record.is_deleted(),
-                lsn,
-            };
-            state
-                .dirty
-                .insert(Box::from(change.path.as_str()), Dirty { record, path: change.path, lsn });
-            pending.push(PendingWrite { inner: part.inner.clone(), applied });
+            }
         }
         // A group cut short by a failed append is never closed durably: recovery drops it.
         inner.wal.end_group(GroupSync::Caller);
-        let dirty = state.dirty.len();
-        inner.dirty_files.set(dirty);
+        inner.dirty_count_changed(state.dirty.len());
         drop(state);
-        if dirty >= inner.flush_max_dirty {
-            // A full channel means a flush is already asked for.
-            let _ = inner.kick.try_send(());
-        }
         appended.map(|()| pending)
     }
 
@@ -188,12 +170,9 @@ impl DirectBatch<'_> {
     /// Makes the batch visible, once its header is durable: the new tree, the dirty set (now in
     /// the tree) emptied into the cache, the log's covered segments removed. The batch's own
     /// versions replace cached ones but do not enter the cache otherwise: a bulk load should
-    /// not push out the files that are read. Returns what each change produced, in the order
-    /// applied.
-    pub fn finish(self) -> Result<Vec<Applied>> {
-        let DirectBatch {
-            part, mut tree, mut state, written, applied, checkpoint_lsn, staged, ..
-        } = self;
+    /// not push out the files that are read.
+    pub fn finish(self) -> Result<()> {
+        let DirectBatch { part, mut tree, mut state, written, checkpoint_lsn, staged, .. } = self;
         let inner = &*part.inner;
         tree.install(staged.ok_or(StoreError::Closed)?)?;
         for dirty in std::mem::take(&mut state.dirty).into_values() {
@@ -212,6 +191,6 @@ impl DirectBatch<'_> {
             // The flusher compacts, on its own thread, rather than the batch's caller.
             let _ = inner.kick.try_send(());
         }
-        Ok(applied)
+        Ok(())
     }
 }

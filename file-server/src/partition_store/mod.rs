@@ -274,24 +274,10 @@ impl PartitionStore {
         let current = inner.current(&st, &change.path)?;
         let mtime_ms = now_ms();
         let record = apply_change(current.as_deref(), &change, mtime_ms, inner.max_file_size)?;
-        let lsn = inner.wal.append(&change.wal_entry(record.meta.rev, mtime_ms))?;
-        let applied = Applied {
-            path: change.path.clone(),
-            meta: record.meta.clone(),
-            deleted: record.is_deleted(),
-            lsn,
-        };
-        st.dirty.insert(
-            Box::from(change.path.as_str()),
-            Dirty { record: SharedRecord::new(&change.path, record), path: change.path, lsn },
-        );
-        let dirty = st.dirty.len();
-        inner.dirty_files.set(dirty);
+        let record = SharedRecord::new(&change.path, record);
+        let applied = inner.log_change(&mut st, change, mtime_ms, record)?;
+        inner.dirty_count_changed(st.dirty.len());
         drop(st);
-        if dirty >= inner.flush_max_dirty {
-            // A full channel means a flush is already asked for.
-            let _ = inner.kick.try_send(());
-        }
         Ok(PendingWrite { inner: inner.clone(), applied })
     }
 
@@ -515,6 +501,37 @@ fn spawn_flusher(
 }
 
 impl Inner {
+    /// Logs `change`, already applied (`record` is its new version, made at `mtime_ms`), and
+    /// holds that version in the dirty set until a flush. The caller holds the state's write
+    /// lock and then calls [`Inner::dirty_count_changed`].
+    fn log_change(
+        &self,
+        st: &mut State,
+        change: Change,
+        mtime_ms: u64,
+        record: SharedRecord,
+    ) -> Result<Applied> {
+        let lsn = self.wal.append(&change.wal_entry(record.meta.rev, mtime_ms))?;
+        let applied = Applied {
+            path: change.path.clone(),
+            meta: record.meta.clone(),
+            deleted: record.is_deleted(),
+            lsn,
+        };
+        st.dirty.insert(Box::from(change.path.as_str()), Dirty { record, path: change.path, lsn });
+        Ok(applied)
+    }
+
+    /// Stores the dirty set's new length (under the state's write lock) for the readers that
+    /// skip the lock, and asks for a flush once it reaches `flush_max_dirty`.
+    fn dirty_count_changed(&self, dirty: usize) {
+        self.dirty_files.set(dirty);
+        if dirty >= self.flush_max_dirty {
+            // A full channel means a flush is already asked for.
+            let _ = self.kick.try_send(());
+        }
+    }
+
     /// The current version of `path` (tombstones included) for a writer holding the lock.
     fn current(&self, st: &State, path: &FilePath) -> Result<Option<SharedRecord>> {
         if let Some(d) = st.dirty.get(path.as_str()) {
