@@ -151,15 +151,7 @@ fn every_acknowledged_change_survives_a_simulated_crash() {
         assert_eq!(store.partition(), 0);
         let replayed = store.recovery().replayed;
         assert!(replayed <= states.len() as u64, "seed {seed}: replayed {replayed}");
-        let state = read_state(&store);
-        let matching = (acknowledged..states.len()).find(|&k| visible(&states[k]) == state);
-        let Some(k) = matching else {
-            panic!(
-                "seed {seed}: recovered state is no prefix from {acknowledged} on: {state:?}\n\
-                 acknowledged state: {:?}",
-                visible(&states[acknowledged])
-            );
-        };
+        let k = recovered_step(seed, &store, &states, acknowledged);
         // Revisions of deleted files survived too: each change continues from the prefix.
         let (change, next) = random_change(&mut rng, &states[k]);
         store.apply(change).unwrap_or_else(|e| panic!("seed {seed}: after recovery: {e}"));
@@ -233,7 +225,7 @@ fn a_group_of_changes_survives_a_simulated_crash_whole_or_not_at_all() {
 
 /// How far a direct batch gets before the crash in
 /// [`a_direct_batch_survives_a_simulated_crash_whole_or_not_at_all`].
-#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+#[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Debug)]
 enum BatchStep {
     Applied,
     Staged,
@@ -254,8 +246,9 @@ const BATCH_STEPS: [BatchStep; 6] = [
 
 /// Changes through the log (some unacknowledged) and batches written past it into the tree
 /// (or, one in three, logged as one group), the flusher running meanwhile; the last batch
-/// stops at a random step and the directory is crashed there. The store must recover to a state after a prefix of the steps that never
-/// ends inside a batch and includes every acknowledged change and every finished batch.
+/// stops at a random step and the directory is crashed there. The store must recover to a
+/// state after a prefix of the steps that never ends inside a batch and includes every
+/// acknowledged change and every finished batch.
 #[test]
 fn a_direct_batch_survives_a_simulated_crash_whole_or_not_at_all() {
     for seed in 1..=crash_iterations() {
@@ -319,12 +312,7 @@ fn a_direct_batch_survives_a_simulated_crash_whole_or_not_at_all() {
                 }
                 continue;
             }
-            for step in &BATCH_STEPS[1..] {
-                if BATCH_STEPS.iter().position(|s| s == step)
-                    > BATCH_STEPS.iter().position(|s| *s == stop_after)
-                {
-                    break;
-                }
+            for step in BATCH_STEPS.into_iter().take_while(|&step| step <= stop_after) {
                 match step {
                     BatchStep::Staged => batch.stage().unwrap(),
                     BatchStep::PagesSynced | BatchStep::HeaderSynced => batch.sync_tree().unwrap(),
@@ -355,15 +343,27 @@ fn a_direct_batch_survives_a_simulated_crash_whole_or_not_at_all() {
 /// `k >= acknowledged`.
 fn check_recovery(seed: u64, crashed: &CrashSimDir, states: &[Model], acknowledged: usize) {
     let store = open(crashed);
-    let state = read_state(&store);
-    let matching = (acknowledged..states.len()).find(|&k| visible(&states[k]) == state);
-    assert!(
-        matching.is_some(),
-        "seed {seed}: recovered state is no step from {acknowledged} on: {state:?}\n\
-         acknowledged state: {:?}",
-        visible(&states[acknowledged])
-    );
+    recovered_step(seed, &store, states, acknowledged);
     store.close().unwrap();
+}
+
+/// The `k >= acknowledged` whose state `store` holds; panics if there is none.
+fn recovered_step(
+    seed: u64,
+    store: &PartitionStore,
+    states: &[Model],
+    acknowledged: usize,
+) -> usize {
+    let state = read_state(store);
+    let matching = (acknowledged..states.len()).find(|&k| visible(&states[k]) == state);
+    let Some(k) = matching else {
+        panic!(
+            "seed {seed}: recovered state is no step from {acknowledged} on: {state:?}\n\
+             acknowledged state: {:?}",
+            visible(&states[acknowledged])
+        );
+    };
+    k
 }
 
 /// A checkpoint inside a group would put into the tree changes that recovery may drop from
