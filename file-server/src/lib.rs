@@ -22,6 +22,7 @@ pub mod path;
 pub mod read_only;
 pub mod record;
 pub mod store;
+pub mod sync_rounds;
 pub mod tree;
 pub mod wal;
 

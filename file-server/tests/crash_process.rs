@@ -21,7 +21,10 @@ use ferry_file_server::{Change, FilePath, InitOptions, Store, StoreOptions, WalS
 const TEST_NAME: &str = "acknowledged_changes_survive_sigkill";
 const CHILD_ENV: &str = "FERRY_CRASH_CHILD_DIR";
 const PARTITIONS: u32 = 4;
-const THREADS: u64 = 4;
+/// More than `ROUND_CALLERS_PER_LOG` per partition, so that the child's callers of
+/// `Store::apply` share sync rounds while most of them wait, and sync their own logs when fewer
+/// do: both ways are killed mid-flight.
+const THREADS: u64 = 12;
 const FILES_PER_THREAD: u64 = 25;
 
 fn options() -> StoreOptions {

@@ -519,3 +519,66 @@ fn a_batch_through_the_logs_is_one_group_per_partition_flushed_later() {
     assert_eq!(store.stat(&a).unwrap().unwrap().rev, 3);
     store.close().unwrap();
 }
+
+/// More callers of `Store::apply` than `ROUND_CALLERS_PER_LOG` per partition share sync
+/// rounds across the logs: every answer is right, nothing waits for a group open in another
+/// partition's log (the round writes that log up to the group), and everything is there after
+/// a reopen.
+#[test]
+fn many_callers_share_sync_rounds_beside_an_open_group() {
+    use std::sync::Arc;
+    use std::time::Duration;
+
+    const THREADS: usize = 24;
+    const EACH: u64 = 40;
+    let tmp = tempfile::tempdir().unwrap();
+    init(tmp.path());
+    let store = Arc::new(Store::open(tmp.path(), fast()).unwrap());
+    const { assert!(THREADS > ferry_file_server::store::ROUND_CALLERS_PER_LOG * 4) };
+    let grouped = p("/held/open");
+    let held = store.partition_of(&grouped);
+    // The callers' files, each in a partition other than the held group's.
+    let paths: Vec<FilePath> = (0..)
+        .map(|i| p(&format!("/u{i}/f")))
+        .filter(|path| store.partition_of(path) != held)
+        .take(THREADS)
+        .collect();
+    let mut group = store.group();
+    group.join(&grouped);
+    let in_group = store.submit(Change::put(grouped.clone(), "held", "g")).unwrap();
+    let (done_tx, done) = crossbeam_channel::unbounded();
+    let callers: Vec<_> = paths
+        .iter()
+        .cloned()
+        .map(|path| {
+            let (store, done_tx) = (store.clone(), done_tx.clone());
+            std::thread::spawn(move || {
+                for rev in 0..EACH {
+                    let change = Change::append(path.clone(), format!("{rev},"), "w");
+                    let applied = store.apply(change.expecting(rev)).unwrap();
+                    assert_eq!(applied.meta.rev, rev + 1, "{path}");
+                }
+                done_tx.send(()).unwrap();
+            })
+        })
+        .collect();
+    for _ in 0..THREADS {
+        done.recv_timeout(Duration::from_secs(30))
+            .expect("a caller waited for the group open in another partition");
+    }
+    for caller in callers {
+        caller.join().unwrap();
+    }
+    drop(group);
+    in_group.wait().unwrap();
+    Arc::try_unwrap(store).ok().unwrap().close().unwrap();
+    let store = Store::open(tmp.path(), fast()).unwrap();
+    let expected: String = (0..EACH).map(|rev| format!("{rev},")).collect();
+    for path in &paths {
+        let record = store.get(path).unwrap().expect("kept");
+        assert_eq!(record.meta.rev, EACH);
+        assert_eq!(record.content.clone().unwrap(), expected.as_str());
+    }
+    assert_eq!(store.get(&grouped).unwrap().unwrap().content.clone().unwrap(), "held");
+    store.close().unwrap();
+}

@@ -128,7 +128,7 @@ impl DirectBatch<'_> {
         let mut pending = Vec::with_capacity(changes.len());
         let mut appended = Ok(());
         for (change, mtime_ms, record) in changes {
-            match inner.log_change(&mut state, change, mtime_ms, record) {
+            match inner.log_change(&mut state, change, mtime_ms, record, GroupSync::Syncer) {
                 Ok(applied) => pending.push(PendingWrite { inner: part.inner.clone(), applied }),
                 Err(e) => {
                     appended = Err(e);

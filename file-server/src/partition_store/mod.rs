@@ -259,13 +259,20 @@ impl PartitionStore {
 
     /// Applies `change` and waits until it is durable under the WAL sync policy.
     pub fn apply(&self, change: Change) -> Result<Applied> {
-        self.submit(change)?.wait()
+        self.submit_synced_by(change, GroupSync::Caller)?.wait()
     }
 
     /// Applies `change` (readers see it at once) without waiting for durability, so that one
     /// thread can have many changes in flight; acknowledge each only after its
     /// [`PendingWrite::wait`].
     pub fn submit(&self, change: Change) -> Result<PendingWrite> {
+        self.submit_synced_by(change, GroupSync::Syncer)
+    }
+
+    /// [`PartitionStore::submit`] with `sync` saying who syncs the change: with
+    /// [`GroupSync::Caller`] the log's syncer thread is not woken, for a caller about to wait
+    /// (or to sync the log some other way) itself.
+    pub fn submit_synced_by(&self, change: Change, sync: GroupSync) -> Result<PendingWrite> {
         let inner = &self.inner;
         let mut st = inner.state.write();
         if st.closed {
@@ -275,7 +282,7 @@ impl PartitionStore {
         let mtime_ms = now_ms();
         let record = apply_change(current.as_deref(), &change, mtime_ms, inner.max_file_size)?;
         let record = SharedRecord::new(&change.path, record);
-        let applied = inner.log_change(&mut st, change, mtime_ms, record)?;
+        let applied = inner.log_change(&mut st, change, mtime_ms, record, sync)?;
         inner.dirty_count_changed(st.dirty.len());
         drop(st);
         Ok(PendingWrite { inner: inner.clone(), applied })
@@ -302,6 +309,11 @@ impl PartitionStore {
     /// See [`WriteAheadLog::write_unsynced`].
     pub fn write_log_unsynced(&self) -> Result<WrittenPoint> {
         self.inner.wal.write_unsynced()
+    }
+
+    /// See [`WriteAheadLog::has_unsynced`].
+    pub fn log_has_unsynced(&self) -> bool {
+        self.inner.wal.has_unsynced()
     }
 
     /// See [`WriteAheadLog::mark_synced`].
@@ -510,8 +522,9 @@ impl Inner {
         change: Change,
         mtime_ms: u64,
         record: SharedRecord,
+        sync: GroupSync,
     ) -> Result<Applied> {
-        let lsn = self.wal.append(&change.wal_entry(record.meta.rev, mtime_ms))?;
+        let lsn = self.wal.append_synced_by(&change.wal_entry(record.meta.rev, mtime_ms), sync)?;
         let applied = Applied {
             path: change.path.clone(),
             meta: record.meta.clone(),
