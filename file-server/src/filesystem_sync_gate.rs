@@ -53,6 +53,14 @@ impl FilesystemSyncGate {
 
     /// Whether a `syncfs` may be used at `now`.
     pub fn is_open(&self, now: Instant) -> bool {
+        self.is_open_beside(now, 0)
+    }
+
+    /// Whether a `syncfs` may be used at `now` by a caller that has just written `own_bytes`
+    /// itself: those are not other writers' data, the sync must write them anyway. Batches of
+    /// 1,000 files of 16 KiB into the trees closed the gate on their own pages, and their 32
+    /// `fdatasync`s one after another ran at 0.63-0.86x the files/s of two `syncfs`.
+    pub fn is_open_beside(&self, now: Instant, own_bytes: u64) -> bool {
         let mut state = self.state.lock();
         if state.closed_until.is_some_and(|until| now < until) {
             return false;
@@ -65,7 +73,14 @@ impl FilesystemSyncGate {
                 dirty
             }
         };
-        dirty.is_none_or(|bytes| bytes <= DIRTY_LIMIT)
+        dirty.is_none_or(|bytes| bytes.saturating_sub(own_bytes) <= DIRTY_LIMIT)
+    }
+
+    /// Notes a `syncfs` that wrote the caller's own data ([`FilesystemSyncGate::is_open_beside`]):
+    /// how long it took says nothing of other writers, and the last sample of the dirty bytes
+    /// still counts what it made clean.
+    pub fn synced_own(&self) {
+        self.state.lock().dirty = None;
     }
 
     /// Records how long a `syncfs` that ended at `now` took. Returns the time the gate is now
@@ -158,6 +173,29 @@ mod tests {
         assert!(!gate.is_open(t0 + DIRTY_SAMPLE_EVERY / 2), "the sample is still trusted");
         assert_eq!(samples.load(Ordering::SeqCst), 1);
         assert!(gate.is_open(t0 + DIRTY_SAMPLE_EVERY));
+        assert_eq!(samples.load(Ordering::SeqCst), 2);
+    }
+
+    #[test]
+    fn the_callers_own_bytes_do_not_close_the_gate_and_their_sync_forgets_the_sample() {
+        let own = 64 << 20;
+        let dirty = Arc::new(AtomicU64::new(DIRTY_LIMIT + own));
+        let samples = Arc::new(AtomicU64::new(0));
+        let gate = FilesystemSyncGate::new(Box::new({
+            let (dirty, samples) = (dirty.clone(), samples.clone());
+            move || {
+                samples.fetch_add(1, Ordering::SeqCst);
+                Some(dirty.load(Ordering::SeqCst))
+            }
+        }));
+        let t0 = Instant::now();
+        assert!(gate.is_open_beside(t0, own));
+        assert!(!gate.is_open_beside(t0, own - 1), "one byte more of others' data");
+        assert!(!gate.is_open(t0));
+        // The sync made the caller's bytes clean: the next check samples again at once.
+        dirty.store(4096, Ordering::SeqCst);
+        gate.synced_own();
+        assert!(gate.is_open(t0 + DIRTY_SAMPLE_EVERY / 2));
         assert_eq!(samples.load(Ordering::SeqCst), 2);
     }
 

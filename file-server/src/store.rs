@@ -445,11 +445,12 @@ impl Store {
         for batch in &mut batches {
             batch.stage()?;
         }
-        self.sync_trees(&batches)?;
+        let own_bytes = batches.iter().map(DirectBatch::staged_bytes).sum();
+        self.sync_trees(&batches, own_bytes)?;
         for batch in &batches {
             batch.write_header()?;
         }
-        self.sync_trees(&batches)?;
+        self.sync_trees(&batches, 0)?;
         // Every header is durable now: each partition must take its new tree, or its next
         // commit would write over it.
         let mut finished = Ok(());
@@ -506,16 +507,18 @@ impl Store {
         }
     }
 
-    /// Makes what the batches' tree files were written durable.
-    fn sync_trees(&self, batches: &[DirectBatch<'_>]) -> Result<()> {
+    /// Makes what the batches' tree files were written durable. `own_bytes` they wrote, which
+    /// a sync of their file system must write anyway: they do not close the gate.
+    fn sync_trees(&self, batches: &[DirectBatch<'_>], own_bytes: u64) -> Result<()> {
         let mut synced = vec![false; batches.len()];
         if self.group_sync == WalGroupSync::Filesystem
-            && self.filesystem_sync_gate.is_open(Instant::now())
+            && self.filesystem_sync_gate.is_open_beside(Instant::now(), own_bytes)
         {
             let trees = batches.iter().enumerate().map(|(i, b)| (b.partition().filesystem(), i));
             for same in sharing_a_filesystem(trees) {
                 let part = batches[same[0]].partition();
-                if sync_filesystem_gated(&self.dir, &self.filesystem_sync_gate, part, "trees") {
+                let gate = &self.filesystem_sync_gate;
+                if sync_filesystem_gated(&self.dir, gate, part, "trees", own_bytes) {
                     for i in same {
                         synced[i] = true;
                     }
@@ -736,7 +739,7 @@ fn sync_logs_by_filesystem<'a>(
         // A log whose write failed has failed as a whole: its waiters get that error.
         let written: Vec<_> =
             same.iter().filter_map(|&part| Some((part, part.write_log_unsynced().ok()?))).collect();
-        if sync_filesystem_gated(dir, gate, same[0], "write-ahead logs") {
+        if sync_filesystem_gated(dir, gate, same[0], "write-ahead logs", 0) {
             for (part, point) in written {
                 part.mark_log_synced(point);
             }
@@ -757,7 +760,8 @@ fn sharing_a_filesystem<T: Copy>(items: impl Iterator<Item = (Option<u64>, T)>) 
         .collect()
 }
 
-/// Syncs the file system `part` is on, timing the sync for `gate`; reports whether it
+/// Syncs the file system `part` is on, timing the sync for `gate` unless it had `own_bytes`
+/// of the caller's to write (see [`FilesystemSyncGate::synced_own`]); reports whether it
 /// succeeded. `what` names what the sync was for, in the warnings: on failure, the caller
 /// syncs each of its files on its own instead.
 fn sync_filesystem_gated(
@@ -765,11 +769,14 @@ fn sync_filesystem_gated(
     gate: &FilesystemSyncGate,
     part: &PartitionStore,
     what: &str,
+    own_bytes: u64,
 ) -> bool {
     let started = Instant::now();
     let synced = part.sync_filesystem();
     let now = Instant::now();
-    if let Some(closed_for) = gate.record(now - started, now) {
+    if own_bytes > 0 {
+        gate.synced_own();
+    } else if let Some(closed_for) = gate.record(now - started, now) {
         tracing::warn!(
             dir = %dir.display(), took_ms = (now - started).as_millis() as u64,
             closed_for_s = closed_for.as_secs(),

@@ -154,6 +154,11 @@ impl DirectBatch<'_> {
         Ok(())
     }
 
+    /// Bytes of the pages [`DirectBatch::stage`] wrote (none before it).
+    pub fn staged_bytes(&self) -> u64 {
+        self.staged.as_ref().map_or(0, StagedCommit::page_bytes)
+    }
+
     /// Makes what the tree file was written so far durable (`fdatasync`), for a batch whose
     /// file system is not synced as a whole.
     pub fn sync_tree(&self) -> Result<()> {

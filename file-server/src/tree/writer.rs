@@ -52,6 +52,13 @@ pub struct StagedCommit {
     stats: CommitStats,
 }
 
+impl StagedCommit {
+    /// Bytes of the pages the commit wrote (its header not counted).
+    pub fn page_bytes(&self) -> u64 {
+        (self.stats.node_pages + self.stats.overflow_pages) * PAGE_BYTES
+    }
+}
+
 /// The writer of one partition's B+tree file. The caller holds the partition's write lock;
 /// any number of [`TreeReader`](super::TreeReader)s may read the same files meanwhile.
 pub struct TreeFile {
