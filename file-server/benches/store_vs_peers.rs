@@ -480,7 +480,10 @@ fn space(args: &Args, base: &Path, rows: &mut Vec<Row>) -> anyhow::Result<()> {
             (
                 format!("space after {what}"),
                 after,
-                with_breakdown("every file in the store's directory".into(), breakdown),
+                with_breakdown(
+                    "the blocks of every file in the store's directory".into(),
+                    breakdown,
+                ),
             ),
             (
                 format!("space after {what}, compacted"),

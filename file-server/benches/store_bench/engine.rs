@@ -44,13 +44,16 @@ pub struct Compacted {
     pub how: &'static str,
 }
 
-/// Bytes of every file under `dir` (apparent length).
+/// Bytes the files under `dir` take on disk: their allocated blocks, not their lengths. A
+/// file grown ahead of its data with `set_len` (Ferry's trees grow by at least 1 MiB) is sparse
+/// until written, and its length would count space no engine uses.
 pub fn dir_bytes(dir: &Path) -> anyhow::Result<u64> {
+    use std::os::unix::fs::MetadataExt;
     let mut total = 0;
     for entry in std::fs::read_dir(dir)? {
         let entry = entry?;
         let meta = entry.metadata()?;
-        total += if meta.is_dir() { dir_bytes(&entry.path())? } else { meta.len() };
+        total += if meta.is_dir() { dir_bytes(&entry.path())? } else { meta.blocks() * 512 };
     }
     Ok(total)
 }

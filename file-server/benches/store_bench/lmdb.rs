@@ -76,7 +76,7 @@ impl KvEngine for Lmdb {
         // LMDB has no in-place compaction; its compacting copy is what operators use.
         let copy = dir.join("compacted.mdb");
         let file = self.env.copy_to_path(&copy, CompactionOption::Enabled)?;
-        let bytes = file.metadata()?.len();
+        let bytes = std::os::unix::fs::MetadataExt::blocks(&file.metadata()?) * 512;
         drop(file);
         std::fs::remove_file(&copy)?;
         Ok(Compacted {
