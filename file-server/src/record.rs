@@ -49,14 +49,21 @@ pub fn content_hash(content: &[u8]) -> [u8; 32] {
 impl Record {
     /// A live version with the given content; size and hash are derived from it.
     pub fn live(rev: u64, mtime_ms: u64, author: Arc<str>, content: Bytes) -> Record {
+        let hash = content_hash(&content);
+        Record::live_hashed(rev, mtime_ms, author, content, hash)
+    }
+
+    /// [`Record::live`] with the content's [`content_hash`] computed ahead.
+    pub(crate) fn live_hashed(
+        rev: u64,
+        mtime_ms: u64,
+        author: Arc<str>,
+        content: Bytes,
+        hash: [u8; 32],
+    ) -> Record {
+        debug_assert_eq!(hash, content_hash(&content));
         Record {
-            meta: FileMeta {
-                rev,
-                size: content.len() as u64,
-                mtime_ms,
-                author,
-                hash: content_hash(&content),
-            },
+            meta: FileMeta { rev, size: content.len() as u64, mtime_ms, author, hash },
             content: Some(content),
         }
     }

@@ -22,11 +22,11 @@ use crate::filesystem_sync_gate::FilesystemSyncGate;
 use crate::lock::WriterLock;
 use crate::partition::{partition_of, partition_of_prefix};
 use crate::partition_store::{
-    hit_is_sampled, visible, Applied, Change, DirectBatch, FlushStats, Lookup, PartitionStats,
-    PartitionStore, PendingWrite, SharedCache,
+    hit_is_sampled, visible, Applied, Change, DirectBatch, Edit, FlushStats, Lookup,
+    PartitionStats, PartitionStore, PendingWrite, SharedCache,
 };
 use crate::path::FilePath;
-use crate::record::{FileMeta, SharedRecord};
+use crate::record::{content_hash, FileMeta, SharedRecord};
 use crate::sync_rounds::SyncRounds;
 use crate::tree::{CompactStats, TreeFile};
 use crate::wal::{GroupSync, WalSync, DEFAULT_PREALLOCATE_BYTES, DEFAULT_SEGMENT_BYTES};
@@ -419,13 +419,14 @@ impl Store {
             shares.entry(partition).or_default().push(i);
         }
         let partitions: Vec<u32> = shares.keys().copied().collect();
+        let hashes = put_hashes(changes);
         let mut batches = self.begin_direct_batches(&partitions)?;
         // Each change's index in `changes`, in the order the batches apply them.
         let order: Vec<usize> = shares.values().flatten().copied().collect();
         let mut applied = Vec::with_capacity(changes.len());
         for (batch, share) in batches.iter_mut().zip(shares.values()) {
             for &i in share {
-                applied.push(batch.apply(&changes[i])?);
+                applied.push(batch.apply(&changes[i], hashes[i])?);
             }
         }
         let applied = match route {
@@ -697,6 +698,42 @@ fn write_manifest(dir: &Path, layout: InitOptions) -> Result<()> {
     let path = dir.join(MANIFEST_FILE);
     fs::rename(&tmp, &path).map_err(|e| StoreError::io("rename", &path, e))?;
     sync_dir(dir)
+}
+
+/// Bytes of put content in one [`Store::write_batch`] from which their hashes are computed on
+/// several threads before the batch takes its partitions. SHA-256 runs at about 1.7 GB/s on
+/// this project's machine: 1,000 files of 16 KiB spent about 10 ms of a 35 ms batch in it.
+pub const PARALLEL_HASH_BYTES: usize = 1 << 20;
+
+/// Threads that hash a batch's puts, at most.
+const HASH_THREADS: usize = 4;
+
+/// The content hash of each put of `changes` (`None` for other edits), computed on up to
+/// [`HASH_THREADS`] threads when they hold [`PARALLEL_HASH_BYTES`] or more; all `None` below
+/// that, for the applier to hash as it goes.
+fn put_hashes(changes: &[Change]) -> Vec<Option<[u8; 32]>> {
+    let put_bytes = |change: &Change| match &change.edit {
+        Edit::Put(bytes) => bytes.len(),
+        _ => 0,
+    };
+    let mut hashes = vec![None; changes.len()];
+    let threads = std::thread::available_parallelism().map_or(1, |n| n.get()).min(HASH_THREADS);
+    if threads < 2 || changes.iter().map(put_bytes).sum::<usize>() < PARALLEL_HASH_BYTES {
+        return hashes;
+    }
+    let per_thread = changes.len().div_ceil(threads);
+    std::thread::scope(|scope| {
+        for (changes, hashes) in changes.chunks(per_thread).zip(hashes.chunks_mut(per_thread)) {
+            scope.spawn(move || {
+                for (change, hash) in changes.iter().zip(hashes) {
+                    if let Edit::Put(bytes) = &change.edit {
+                        *hash = Some(content_hash(bytes));
+                    }
+                }
+            });
+        }
+    });
+    hashes
 }
 
 /// Callers of [`Store::apply`] per open partition above which they share sync rounds. Below

@@ -288,7 +288,7 @@ fn a_direct_batch_survives_a_simulated_crash_whole_or_not_at_all() {
             let mut model = states.last().unwrap().clone();
             for _ in 0..1 + rng.below(5) {
                 let (change, next) = random_change(&mut rng, &model);
-                let applied = batch.apply(&change).unwrap();
+                let applied = batch.apply(&change, None).unwrap();
                 assert_eq!(Some(applied.meta.rev), next.get(change.path.as_str()).map(|v| v.0));
                 model = next;
             }

@@ -582,3 +582,41 @@ fn many_callers_share_sync_rounds_beside_an_open_group() {
     assert_eq!(store.get(&grouped).unwrap().unwrap().content.clone().unwrap(), "held");
     store.close().unwrap();
 }
+
+/// A batch holding at least `PARALLEL_HASH_BYTES` of puts has their hashes computed ahead, on
+/// several threads: every version written, by either route, carries its content's hash, puts
+/// and the appends among them alike, also after a reopen.
+#[test]
+fn a_large_batch_hashes_its_puts_ahead_and_every_hash_is_its_contents() {
+    use ferry_file_server::record::content_hash;
+    use ferry_file_server::store::PARALLEL_HASH_BYTES;
+
+    for route in [BatchRoute::Trees, BatchRoute::Logs] {
+        let tmp = tempfile::tempdir().unwrap();
+        init(tmp.path());
+        let store = Store::open(tmp.path(), fast()).unwrap();
+        let size = 32 << 10;
+        let files = 2 * PARALLEL_HASH_BYTES / size + 1;
+        let mut changes: Vec<Change> = (0..files)
+            .map(|i| Change::put(p(&format!("/h{i}/f")), vec![i as u8; size], "w"))
+            .collect();
+        changes.push(Change::append(p("/h0/f"), "tail", "w"));
+        let applied = store.write_batch(&changes, route).unwrap();
+        assert_eq!(applied.len(), files + 1);
+        let check = |store: &Store| {
+            for i in 0..files {
+                let record = store.get(&p(&format!("/h{i}/f"))).unwrap().expect("written");
+                let content = record.content.clone().unwrap();
+                assert_eq!(record.meta.hash, content_hash(&content), "{route:?}: /h{i}/f");
+            }
+        };
+        check(&store);
+        let appended = store.get(&p("/h0/f")).unwrap().unwrap();
+        assert_eq!(appended.meta.size, size as u64 + 4);
+        assert_eq!(applied[files].meta.hash, appended.meta.hash);
+        store.close().unwrap();
+        let store = Store::open(tmp.path(), fast()).unwrap();
+        check(&store);
+        store.close().unwrap();
+    }
+}

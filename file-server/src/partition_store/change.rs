@@ -86,12 +86,15 @@ fn visible_rev(current: Option<&Record>) -> u64 {
 }
 
 /// Checks a change against the file's current version and computes the new version.
-/// `max_size` bounds the resulting content.
+/// `max_size` bounds the resulting content. A put's new version shares the change's bytes;
+/// `put_hash` is their [`crate::record::content_hash`] when the caller computed it ahead (ignored for other
+/// edits).
 pub fn apply_change(
     current: Option<&Record>,
     change: &Change,
     mtime_ms: u64,
     max_size: u64,
+    put_hash: Option<[u8; 32]>,
 ) -> Result<Record> {
     if change.author.len() > MAX_AUTHOR_BYTES {
         return Err(StoreError::AuthorTooLong { len: change.author.len(), max: MAX_AUTHOR_BYTES });
@@ -103,7 +106,18 @@ pub fn apply_change(
         }
     }
     let op = change.wal_entry(0, mtime_ms).op;
-    next_version(current, &change.path, op, &change.author, mtime_ms, Some(max_size))
+    let put = match &change.edit {
+        Edit::Put(bytes) => Some(KnownPut { bytes, hash: put_hash }),
+        _ => None,
+    };
+    next_version(current, &change.path, op, &change.author, mtime_ms, Some(max_size), put)
+}
+
+/// What the applier knows of a put beyond its `WalOp`: the change's own bytes, to share
+/// rather than copy, and their hash if it was computed ahead.
+struct KnownPut<'a> {
+    bytes: &'a Bytes,
+    hash: Option<[u8; 32]>,
 }
 
 /// Replays a logged change onto the file's version before it, checking that the revision
@@ -113,7 +127,7 @@ pub fn replay_entry(
     path: &FilePath,
     entry: &WalEntry<'_>,
 ) -> Result<Record> {
-    let record = next_version(current, path, entry.op, entry.author, entry.mtime_ms, None)?;
+    let record = next_version(current, path, entry.op, entry.author, entry.mtime_ms, None, None)?;
     if record.meta.rev != entry.rev {
         return Err(StoreError::Corrupt {
             file: path.as_str().into(),
@@ -135,6 +149,7 @@ fn next_version(
     author: &str,
     mtime_ms: u64,
     max_size: Option<u64>,
+    put: Option<KnownPut<'_>>,
 ) -> Result<Record> {
     let rev = current.map_or(0, |r| r.meta.rev) + 1;
     let old: &[u8] = current.and_then(|r| r.content.as_deref()).unwrap_or(&[]);
@@ -147,7 +162,10 @@ fn next_version(
     let content = match op {
         WalOp::Put(bytes) => {
             check_size(bytes.len() as u64)?;
-            Bytes::copy_from_slice(bytes)
+            if let Some(KnownPut { bytes, hash: Some(hash) }) = put {
+                return Ok(Record::live_hashed(rev, mtime_ms, author, bytes.clone(), hash));
+            }
+            put.map_or_else(|| Bytes::copy_from_slice(bytes), |put| put.bytes.clone())
         }
         WalOp::Append(bytes) => {
             check_size(old.len() as u64 + bytes.len() as u64)?;
@@ -206,7 +224,7 @@ mod tests {
     }
 
     fn apply(current: Option<&Record>, change: Change) -> Result<Record> {
-        apply_change(current, &change, 7, 100)
+        apply_change(current, &change, 7, 100, None)
     }
 
     #[test]

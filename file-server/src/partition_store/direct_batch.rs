@@ -86,9 +86,10 @@ impl DirectBatch<'_> {
         self.part
     }
 
-    /// Applies `change` on top of the batch's earlier changes. What it returns carries the
-    /// log's last LSN before the batch, the position after which the change is ordered.
-    pub fn apply(&mut self, change: &Change) -> Result<Applied> {
+    /// Applies `change` on top of the batch's earlier changes; `put_hash` as for
+    /// [`apply_change`]. What it returns carries the log's last LSN before the batch, the
+    /// position after which the change is ordered.
+    pub fn apply(&mut self, change: &Change, put_hash: Option<[u8; 32]>) -> Result<Applied> {
         if self.staged.is_some() {
             return Err(StoreError::Closed);
         }
@@ -98,7 +99,8 @@ impl DirectBatch<'_> {
             None => inner.current(&self.state, &change.path)?,
         };
         let mtime_ms = now_ms();
-        let record = apply_change(current.as_deref(), change, mtime_ms, inner.max_file_size)?;
+        let record =
+            apply_change(current.as_deref(), change, mtime_ms, inner.max_file_size, put_hash)?;
         let applied = Applied {
             path: change.path.clone(),
             meta: record.meta.clone(),

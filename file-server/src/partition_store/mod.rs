@@ -280,7 +280,8 @@ impl PartitionStore {
         }
         let current = inner.current(&st, &change.path)?;
         let mtime_ms = now_ms();
-        let record = apply_change(current.as_deref(), &change, mtime_ms, inner.max_file_size)?;
+        let record =
+            apply_change(current.as_deref(), &change, mtime_ms, inner.max_file_size, None)?;
         let record = SharedRecord::new(&change.path, record);
         let applied = inner.log_change(&mut st, change, mtime_ms, record, sync)?;
         inner.dirty_count_changed(st.dirty.len());
