@@ -87,8 +87,8 @@ fn visible_rev(current: Option<&Record>) -> u64 {
 
 /// Checks a change against the file's current version and computes the new version.
 /// `max_size` bounds the resulting content. A put's new version shares the change's bytes;
-/// `put_hash` is their [`crate::record::content_hash`] when the caller computed it ahead (ignored for other
-/// edits).
+/// `put_hash` is their [`crate::record::content_hash`] when the caller computed it ahead
+/// (ignored for other edits).
 pub fn apply_change(
     current: Option<&Record>,
     change: &Change,
@@ -159,13 +159,17 @@ fn next_version(
         Some(max) if size > max => Err(StoreError::TooLarge { path: path.to_string(), size, max }),
         _ => Ok(()),
     };
+    let mut known_hash = None;
     let content = match op {
         WalOp::Put(bytes) => {
             check_size(bytes.len() as u64)?;
-            if let Some(KnownPut { bytes, hash: Some(hash) }) = put {
-                return Ok(Record::live_hashed(rev, mtime_ms, author, bytes.clone(), hash));
+            match put {
+                Some(put) => {
+                    known_hash = put.hash;
+                    put.bytes.clone()
+                }
+                None => Bytes::copy_from_slice(bytes),
             }
-            put.map_or_else(|| Bytes::copy_from_slice(bytes), |put| put.bytes.clone())
         }
         WalOp::Append(bytes) => {
             check_size(old.len() as u64 + bytes.len() as u64)?;
@@ -207,7 +211,10 @@ fn next_version(
             return Ok(Record::deleted(rev, mtime_ms, author));
         }
     };
-    Ok(Record::live(rev, mtime_ms, author, content))
+    Ok(match known_hash {
+        Some(hash) => Record::live_hashed(rev, mtime_ms, author, content, hash),
+        None => Record::live(rev, mtime_ms, author, content),
+    })
 }
 
 /// The metadata a caller sees for a version, `None` for a tombstone.
