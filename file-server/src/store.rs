@@ -364,6 +364,12 @@ impl Store {
         WriteGroup { store: self, joined: Vec::new() }
     }
 
+    /// Whether several logs' changes may be made durable by one sync of their file system:
+    /// under [`WalSync::Always`] with [`WalGroupSync::Filesystem`].
+    fn syncs_logs_together(&self) -> bool {
+        self.wal_sync == WalSync::Always && self.group_sync == WalGroupSync::Filesystem
+    }
+
     /// Makes the logs of `partitions` durable with one sync of each file system they share
     /// ([`WalGroupSync::Filesystem`]). Best effort: a log it does not cover (alone on its file
     /// system, or the sync failed) is synced by whoever waits for it, as in `Sequential`.
@@ -383,8 +389,7 @@ impl Store {
     pub fn apply(&self, change: Change) -> Result<Applied> {
         let part = self.route(&change.path)?;
         let callers = CallerCount::enter(&self.applying);
-        let shared = self.wal_sync == WalSync::Always
-            && self.group_sync == WalGroupSync::Filesystem
+        let shared = self.syncs_logs_together()
             && callers.count > ROUND_CALLERS_PER_LOG * self.partitions().count();
         if !shared {
             return part.apply(change);
@@ -476,10 +481,7 @@ impl Store {
         for batch in batches {
             pending.extend(batch.log()?);
         }
-        if partitions.len() > 1
-            && self.group_sync == WalGroupSync::Filesystem
-            && self.wal_sync == WalSync::Always
-        {
+        if partitions.len() > 1 && self.syncs_logs_together() {
             self.sync_logs_together(partitions);
         }
         pending.into_iter().map(PendingWrite::wait).collect()
@@ -856,10 +858,7 @@ impl JointLogSync {
     /// one sync per file system that two or more of their logs share.
     pub fn sync(&self, stores: &[&Store]) {
         let Some(first) = stores.first() else { return };
-        let parts = stores
-            .iter()
-            .filter(|s| s.wal_sync == WalSync::Always && s.group_sync == WalGroupSync::Filesystem)
-            .flat_map(|s| s.partitions());
+        let parts = stores.iter().filter(|s| s.syncs_logs_together()).flat_map(|s| s.partitions());
         sync_logs_by_filesystem(&first.dir, &self.gate, parts);
     }
 }
@@ -910,10 +909,7 @@ impl Drop for WriteGroup<'_> {
             }
         }
         let store = self.store;
-        if self.joined.len() > 1
-            && store.group_sync == WalGroupSync::Filesystem
-            && store.wal_sync == WalSync::Always
-        {
+        if self.joined.len() > 1 && store.syncs_logs_together() {
             store.sync_logs_together(&self.joined);
         }
     }
