@@ -110,6 +110,21 @@ mod tests {
         FilesystemSyncGate::new(Box::new(|| Some(0)))
     }
 
+    /// A gate whose dirty bytes are the first counter (starting at `dirty`); the second counts
+    /// the samples taken.
+    fn sampling(dirty: u64) -> (FilesystemSyncGate, Arc<AtomicU64>, Arc<AtomicU64>) {
+        let dirty = Arc::new(AtomicU64::new(dirty));
+        let samples = Arc::new(AtomicU64::new(0));
+        let gate = FilesystemSyncGate::new(Box::new({
+            let (dirty, samples) = (dirty.clone(), samples.clone());
+            move || {
+                samples.fetch_add(1, Ordering::SeqCst);
+                Some(dirty.load(Ordering::SeqCst))
+            }
+        }));
+        (gate, dirty, samples)
+    }
+
     const QUICK: Duration = Duration::from_micros(300);
     const SLOW: Duration = Duration::from_millis(400);
 
@@ -158,15 +173,7 @@ mod tests {
 
     #[test]
     fn much_dirty_data_closes_the_gate_until_a_later_sample_finds_it_gone() {
-        let dirty = Arc::new(AtomicU64::new(DIRTY_LIMIT + 1));
-        let samples = Arc::new(AtomicU64::new(0));
-        let gate = FilesystemSyncGate::new(Box::new({
-            let (dirty, samples) = (dirty.clone(), samples.clone());
-            move || {
-                samples.fetch_add(1, Ordering::SeqCst);
-                Some(dirty.load(Ordering::SeqCst))
-            }
-        }));
+        let (gate, dirty, samples) = sampling(DIRTY_LIMIT + 1);
         let t0 = Instant::now();
         assert!(!gate.is_open(t0));
         dirty.store(4096, Ordering::SeqCst);
@@ -179,15 +186,7 @@ mod tests {
     #[test]
     fn the_callers_own_bytes_do_not_close_the_gate_and_their_sync_forgets_the_sample() {
         let own = 64 << 20;
-        let dirty = Arc::new(AtomicU64::new(DIRTY_LIMIT + own));
-        let samples = Arc::new(AtomicU64::new(0));
-        let gate = FilesystemSyncGate::new(Box::new({
-            let (dirty, samples) = (dirty.clone(), samples.clone());
-            move || {
-                samples.fetch_add(1, Ordering::SeqCst);
-                Some(dirty.load(Ordering::SeqCst))
-            }
-        }));
+        let (gate, dirty, samples) = sampling(DIRTY_LIMIT + own);
         let t0 = Instant::now();
         assert!(gate.is_open_beside(t0, own));
         assert!(!gate.is_open_beside(t0, own - 1), "one byte more of others' data");

@@ -48,12 +48,16 @@ pub struct Compacted {
 /// file grown ahead of its data with `set_len` (Ferry's trees grow by at least 1 MiB) is sparse
 /// until written, and its length would count space no engine uses.
 pub fn dir_bytes(dir: &Path) -> anyhow::Result<u64> {
-    use std::os::unix::fs::MetadataExt;
     let mut total = 0;
     for entry in std::fs::read_dir(dir)? {
         let entry = entry?;
         let meta = entry.metadata()?;
-        total += if meta.is_dir() { dir_bytes(&entry.path())? } else { meta.blocks() * 512 };
+        total += if meta.is_dir() { dir_bytes(&entry.path())? } else { disk_bytes(&meta) };
     }
     Ok(total)
+}
+
+/// Bytes one file takes on disk: its allocated blocks (see [`dir_bytes`]).
+pub fn disk_bytes(meta: &std::fs::Metadata) -> u64 {
+    std::os::unix::fs::MetadataExt::blocks(meta) * 512
 }

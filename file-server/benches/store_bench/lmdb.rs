@@ -8,7 +8,7 @@ use heed::types::Bytes;
 use heed::{CommitOrAbort, CompactionOption, Database, Env, EnvOpenOptions};
 
 use super::data::{encode_value, metadata_len, Batch};
-use super::engine::{Compacted, KvEngine};
+use super::engine::{disk_bytes, Compacted, KvEngine};
 
 /// The engine's name in the result table.
 pub const NAME: &str = "LMDB (heed)";
@@ -76,7 +76,7 @@ impl KvEngine for Lmdb {
         // LMDB has no in-place compaction; its compacting copy is what operators use.
         let copy = dir.join("compacted.mdb");
         let file = self.env.copy_to_path(&copy, CompactionOption::Enabled)?;
-        let bytes = std::os::unix::fs::MetadataExt::blocks(&file.metadata()?) * 512;
+        let bytes = disk_bytes(&file.metadata()?);
         drop(file);
         std::fs::remove_file(&copy)?;
         Ok(Compacted {
