@@ -10,7 +10,7 @@ use std::borrow::Cow;
 use std::collections::VecDeque;
 use std::time::Duration;
 
-use futures_util::{SinkExt, StreamExt};
+use futures_util::{FutureExt, SinkExt, StreamExt};
 use serde::Deserialize;
 use tokio_tungstenite::tungstenite::{Message, Utf8Bytes};
 
@@ -133,6 +133,13 @@ impl DirectConnection {
             Some(text) => Some(text),
             None => self.read_socket().await,
         }
+    }
+
+    /// The next text frame if one can be had without waiting: buffered, or readable from the
+    /// socket now. `None` otherwise, also once the connection ended ([`DirectConnection::next`]
+    /// then says so).
+    pub fn next_ready(&mut self) -> Option<Utf8Bytes> {
+        self.next().now_or_never().flatten()
     }
 
     async fn read_socket(&mut self) -> Option<Utf8Bytes> {
