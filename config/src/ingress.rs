@@ -25,6 +25,12 @@ pub struct IngressConfig {
     /// Frames (answers and events) queued for one connection; a client that lets it fill is
     /// closed with 4008 "slow consumer". Default 1,024.
     pub send_queue: usize,
+    /// After a topic's events went to its watchers, the next ones wait until this long has
+    /// passed and go together, one write per connection: a file changing a thousand times a
+    /// second reaches each watcher in runs instead of a write per event. An event after a quiet
+    /// spell goes at once; answers never wait. 0 sends every event as soon as it can. Default
+    /// 10 ms.
+    pub fanout_linger_ms: u64,
     /// Longest time from TCP accept to a complete HTTP request head. Default 5,000 ms.
     pub handshake_timeout_ms: u64,
     /// A connection that sends nothing (not even a pong) for this long is closed. Default
@@ -56,6 +62,7 @@ impl Default for IngressConfig {
             max_subscriptions: 1_000,
             max_connections: 20_000,
             send_queue: 1_024,
+            fanout_linger_ms: 10,
             handshake_timeout_ms: 5_000,
             idle_timeout_ms: 60_000,
             ping_interval_ms: 20_000,
@@ -77,6 +84,7 @@ impl IngressConfig {
         range("max_subscriptions", self.max_subscriptions as u64, 1, 10_000_000);
         range("max_connections", self.max_connections as u64, 1, 10_000_000);
         range("send_queue", self.send_queue as u64, 1, 10_000_000);
+        range("fanout_linger_ms", self.fanout_linger_ms, 0, 1_000);
         range("handshake_timeout_ms", self.handshake_timeout_ms, 1, 3_600_000);
         range("idle_timeout_ms", self.idle_timeout_ms, 1, 86_400_000);
         range("ping_interval_ms", self.ping_interval_ms, 1, 86_400_000);

@@ -68,6 +68,8 @@ pub struct IngressOptions {
     pub max_connections: usize,
     /// Frames queued per connection; a full queue closes it with 4008.
     pub send_queue: usize,
+    /// After a run of a topic's events went out, how long the next run waits to gather more.
+    pub fanout_linger: Duration,
     /// TCP accept to complete HTTP request head.
     pub handshake_timeout: Duration,
     /// Silence after which a connection is closed with 1001.
@@ -95,6 +97,7 @@ impl Default for IngressOptions {
             max_subscriptions: 1_000,
             max_connections: 20_000,
             send_queue: 1_024,
+            fanout_linger: Duration::from_millis(10),
             handshake_timeout: Duration::from_secs(5),
             idle_timeout: Duration::from_secs(60),
             ping_interval: Duration::from_secs(20),

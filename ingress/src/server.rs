@@ -132,13 +132,13 @@ impl Ingress {
     ) -> Ingress {
         let started = SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_micros());
         let node_tag = format!("{:x}-{:x}", started % (1 << 40), std::process::id());
-        let send_queue = options.send_queue;
+        let fanout = Fanout::new(bus.clone(), options.send_queue, options.fanout_linger);
         Ingress {
             shared: Arc::new(Shared {
                 options,
                 auth,
                 queue,
-                fanout: Fanout::new(bus.clone(), send_queue),
+                fanout,
                 bus,
                 shutdown: Signal::default(),
                 key_prefix: "ferry".to_owned(),

@@ -14,13 +14,13 @@ use ferry_protocol::{
 };
 use futures_util::stream::{SplitSink, SplitStream};
 use futures_util::{SinkExt, StreamExt};
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::oneshot;
 use tokio::time::timeout;
 
 use crate::auth::Identity;
 use crate::outbox::{
-    Outbox, CLOSE_CHANGES_LOST, CLOSE_IDLE, CLOSE_PROTOCOL, CLOSE_SHUTDOWN, CLOSE_SLOW_CONSUMER,
-    CLOSE_TOO_LARGE,
+    Outbox, OutboxReceiver, CLOSE_CHANGES_LOST, CLOSE_IDLE, CLOSE_PROTOCOL, CLOSE_SHUTDOWN,
+    CLOSE_SLOW_CONSUMER, CLOSE_TOO_LARGE,
 };
 use crate::rate::RequestRate;
 use crate::server::{ConnectionSlot, Shared};
@@ -93,7 +93,7 @@ pub(crate) async fn run(
 
 async fn write_loop(
     mut sink: SplitSink<WebSocket, Message>,
-    mut rx: mpsc::Receiver<Utf8Bytes>,
+    mut rx: OutboxReceiver,
     outbox: Arc<Outbox>,
     ping_interval: std::time::Duration,
 ) {
@@ -146,13 +146,13 @@ async fn write_loop(
 /// Sends what is still queued (unless the client is too slow for it) and the close frame.
 async fn close_socket(
     sink: &mut SplitSink<WebSocket, Message>,
-    rx: &mut mpsc::Receiver<Utf8Bytes>,
+    rx: &mut OutboxReceiver,
     outbox: &Outbox,
 ) {
     if let Some(reason) = outbox.close_reason() {
         if reason != CLOSE_SLOW_CONSUMER {
             // Answers already queued (e.g. while draining for shutdown) still go out.
-            while let Ok(text) = rx.try_recv() {
+            while let Some(text) = rx.try_recv() {
                 if sink.feed(Message::Text(text)).await.is_err() {
                     return;
                 }
@@ -167,14 +167,14 @@ async fn close_socket(
 /// Writes `first` and whatever else is already queued, then flushes once.
 async fn feed_all(
     sink: &mut SplitSink<WebSocket, Message>,
-    rx: &mut mpsc::Receiver<Utf8Bytes>,
+    rx: &mut OutboxReceiver,
     first: Utf8Bytes,
 ) -> Result<(), axum::Error> {
     sink.feed(Message::Text(first)).await?;
     for _ in 0..64 {
         match rx.try_recv() {
-            Ok(text) => sink.feed(Message::Text(text)).await?,
-            Err(_) => break,
+            Some(text) => sink.feed(Message::Text(text)).await?,
+            None => break,
         }
     }
     sink.flush().await

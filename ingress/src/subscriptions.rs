@@ -13,6 +13,7 @@ mod topic_sink;
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
+use std::time::Duration;
 
 use axum::extract::ws::Utf8Bytes;
 use ferry_protocol::{change_event_json, ChangeBus, ChangeEvent, SubscriptionId, Topic};
@@ -27,6 +28,8 @@ pub(crate) struct Fanout {
     /// Events a topic's fan-out may be behind (per shard): as many as a connection's send
     /// queue holds, since a watcher further behind than that is closed anyway.
     queue_capacity: usize,
+    /// See [`TopicSink::new`].
+    linger: Duration,
     /// Held only to find or add a topic's slot, never across a call to the bus.
     topics: Mutex<HashMap<Topic, Arc<TopicSlot>>>,
     next_watch: AtomicU64,
@@ -49,10 +52,11 @@ struct SlotState {
 }
 
 impl Fanout {
-    pub(crate) fn new(bus: Arc<dyn ChangeBus>, queue_capacity: usize) -> Fanout {
+    pub(crate) fn new(bus: Arc<dyn ChangeBus>, queue_capacity: usize, linger: Duration) -> Fanout {
         Fanout {
             bus,
             queue_capacity,
+            linger,
             topics: Mutex::new(HashMap::new()),
             next_watch: AtomicU64::new(1),
         }
@@ -78,7 +82,11 @@ impl Fanout {
             let slot = {
                 let mut topics = self.topics.lock().unwrap_or_else(PoisonError::into_inner);
                 let slot = topics.entry(topic.clone()).or_insert_with(|| {
-                    let sink = Arc::new(TopicSink::new(Handle::current(), self.queue_capacity));
+                    let sink = Arc::new(TopicSink::new(
+                        Handle::current(),
+                        self.queue_capacity,
+                        self.linger,
+                    ));
                     let state = SlotState { sink, bus_id: None, closed: false };
                     Arc::new(TopicSlot { state: Mutex::new(state) })
                 });
@@ -141,24 +149,39 @@ enum Feed {
 pub(crate) struct Discontinuity;
 
 impl Watch {
-    fn deliver(&self, event: &Arc<ChangeEvent>, text: &Utf8Bytes) {
+    /// Takes a run of the topic's events (`events[i]` serialized is `run[i]`), in the order
+    /// they were published.
+    fn deliver_run(&self, events: &[Arc<ChangeEvent>], run: &Arc<[Utf8Bytes]>) {
         let mut feed = self.feed.lock().unwrap_or_else(PoisonError::into_inner);
         match &mut *feed {
             Feed::Buffering(buffer) => {
-                if buffer.len() >= self.buffer_limit {
+                if buffer.len() + events.len() > self.buffer_limit {
                     self.outbox.close(Some(CLOSE_SLOW_CONSUMER));
                 } else {
-                    buffer.push(event.clone());
+                    buffer.extend(events.iter().cloned());
                 }
             }
+            Feed::Live { .. } if !self.is_path => {
+                self.outbox.send_run(run, 0);
+            }
             Feed::Live { last_rev } => {
-                if self.is_path {
-                    if event.rev <= *last_rev {
-                        return;
+                // Nearly always the whole run, or all but its first few when the catch-up
+                // already sent them: a rest of rising revisions goes as the shared run.
+                let from = events.iter().position(|e| e.rev > *last_rev).unwrap_or(events.len());
+                let rest = &events[from..];
+                if rest.windows(2).all(|pair| pair[0].rev < pair[1].rev) {
+                    if let Some(last) = rest.last() {
+                        *last_rev = last.rev;
+                        self.outbox.send_run(run, from);
                     }
-                    *last_rev = event.rev;
+                    return;
                 }
-                self.outbox.send(text.clone());
+                for (event, text) in rest.iter().zip(&run[from..]) {
+                    if event.rev > *last_rev {
+                        *last_rev = event.rev;
+                        self.outbox.send(text.clone());
+                    }
+                }
             }
         }
     }
@@ -316,7 +339,7 @@ pub(crate) mod tests {
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn first_watchers_of_different_topics_subscribe_at_the_same_time() {
         let bus = OverlapBus::new(2);
-        let fanout = Arc::new(Fanout::new(bus.clone(), 64));
+        let fanout = Arc::new(Fanout::new(bus.clone(), 64, Duration::ZERO));
         let tasks: Vec<_> = ["/a", "/b"]
             .into_iter()
             .map(|path| {
@@ -335,7 +358,7 @@ pub(crate) mod tests {
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn a_topic_left_by_its_last_watcher_is_subscribed_again_by_the_next() {
         let bus = OverlapBus::new(1);
-        let fanout = Arc::new(Fanout::new(bus.clone(), 64));
+        let fanout = Arc::new(Fanout::new(bus.clone(), 64, Duration::ZERO));
         let f = fanout.clone();
         tokio::task::spawn_blocking(move || {
             let topic = Topic::Path("/a".into());
@@ -369,12 +392,15 @@ pub(crate) mod tests {
         assert_eq!(merge_run(3, &[ev(5)], &[]), Err(Discontinuity));
     }
 
-    fn texts(rx: &mut tokio::sync::mpsc::Receiver<Utf8Bytes>) -> Vec<String> {
-        let mut out = Vec::new();
-        while let Ok(t) = rx.try_recv() {
-            out.push(t.as_str().to_owned());
-        }
-        out
+    fn texts(rx: &mut crate::outbox::OutboxReceiver) -> Vec<String> {
+        std::iter::from_fn(|| rx.try_recv()).map(|t| t.as_str().to_owned()).collect()
+    }
+
+    /// Hands `events` to `watch` as one run, as a topic's fan-out task does.
+    fn deliver(watch: &Watch, events: &[Arc<ChangeEvent>]) {
+        let run: Arc<[Utf8Bytes]> =
+            events.iter().map(|e| Utf8Bytes::from(change_event_json(e))).collect();
+        watch.deliver_run(events, &run);
     }
 
     pub(crate) fn rev_of(text: &str) -> u64 {
@@ -392,22 +418,23 @@ pub(crate) mod tests {
             buffer_limit: 64,
             feed: Mutex::new(Feed::Buffering(Vec::new())),
         };
-        let deliver = |e: Arc<ChangeEvent>| {
-            let text = Utf8Bytes::from(change_event_json(&e));
-            watch.deliver(&e, &text)
-        };
-        deliver(ev(3));
-        deliver(ev(4));
+        deliver(&watch, &[ev(3)]);
+        deliver(&watch, &[ev(4)]);
         assert!(texts(&mut rx).is_empty());
         watch
             .go_live_from(1, &[ev(2), ev(3)], |rev| {
                 vec![format!("{{\"ok\":true,\"rev\":{rev}}}").into()]
             })
             .unwrap();
-        deliver(ev(4));
-        deliver(ev(5));
+        deliver(&watch, &[ev(4), ev(5)]);
+        deliver(&watch, &[ev(5), ev(6), ev(7)]);
+        deliver(&watch, &[ev(9), ev(8), ev(10)]);
         let sent = texts(&mut rx);
-        assert_eq!(sent.iter().map(|t| rev_of(t)).collect::<Vec<_>>(), [4, 2, 3, 4, 5]);
+        assert_eq!(
+            sent.iter().map(|t| rev_of(t)).collect::<Vec<_>>(),
+            [4, 2, 3, 4, 5, 6, 7, 9, 10],
+            "each revision once, in order, from runs that overlap what was sent"
+        );
         assert!(sent[0].contains("\"ok\""));
     }
 
@@ -422,10 +449,9 @@ pub(crate) mod tests {
             buffer_limit: 2,
             feed: Mutex::new(Feed::Buffering(Vec::new())),
         };
-        for rev in 1..=3 {
-            let e = ev(rev);
-            watch.deliver(&e, &Utf8Bytes::from(change_event_json(&e)));
-        }
+        deliver(&watch, &[ev(1), ev(2)]);
+        assert_eq!(outbox.close_reason(), None);
+        deliver(&watch, &[ev(3)]);
         assert_eq!(outbox.close_reason(), Some(CLOSE_SLOW_CONSUMER));
     }
 }

@@ -14,6 +14,7 @@ pub fn ingress_options(c: &IngressConfig) -> IngressOptions {
         max_subscriptions: c.max_subscriptions,
         max_connections: c.max_connections,
         send_queue: c.send_queue,
+        fanout_linger: Duration::from_millis(c.fanout_linger_ms),
         handshake_timeout: Duration::from_millis(c.handshake_timeout_ms),
         idle_timeout: Duration::from_millis(c.idle_timeout_ms),
         ping_interval: Duration::from_millis(c.ping_interval_ms),

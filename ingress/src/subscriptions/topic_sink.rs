@@ -3,7 +3,8 @@
 //! The bus calls [`TopicSink::deliver`] on the publisher's thread (in `ferry serve`, the
 //! instruction worker's), so it only queues the event: one allocation and one bounded
 //! `try_send` per shard, whatever the number of watchers. Fan-out tasks on the ingress's runtime
-//! serialize each event once and push it to every watching connection's outbox. A topic's
+//! serialize each event once and push the events in runs to every watching connection's
+//! outbox, one shared entry per run (see [`fan_out`] for how a busy topic's runs form). A topic's
 //! watches are split into shards, one task each: a new shard once every shard holds
 //! [`SHARD_WATCHES`], up to one per runtime worker thread, so that one hot file's fan-out uses
 //! every core.
@@ -15,11 +16,13 @@
 //! event, and the memory stays bounded by the queues.
 
 use std::sync::{Arc, Mutex, OnceLock, PoisonError, RwLock};
+use std::time::Duration;
 
 use axum::extract::ws::Utf8Bytes;
 use ferry_protocol::{change_event_json, ChangeEvent, EventSink};
 use tokio::runtime::Handle;
 use tokio::sync::{mpsc, Notify};
+use tokio::time::Instant;
 
 use super::Watch;
 use crate::outbox::{CloseReason, CLOSE_CHANGES_LOST};
@@ -27,9 +30,9 @@ use crate::outbox::{CloseReason, CLOSE_CHANGES_LOST};
 /// A topic gets another shard (up to one per worker thread) once each has this many watches:
 /// below it, a second task costs more than it saves.
 const SHARD_WATCHES: usize = 64;
-/// Events a task takes from its queue at a time, before it lets the runtime's other tasks
-/// (the writers' answers among them) run: at 500 watches a shard, about 8,000 sends.
-const BATCH: usize = 16;
+/// Events a task takes from its queue at a time, at most, as one run: one send to each watch,
+/// before it lets the runtime's other tasks (the writers' answers among them) run.
+const RUN: usize = 64;
 
 /// An event on its way to a shard's watches, serialized once by whichever task needs it first.
 struct Fanned {
@@ -78,14 +81,16 @@ pub(super) struct TopicSink {
     runtime: Handle,
     max_shards: usize,
     queue_capacity: usize,
+    linger: Duration,
 }
 
 impl TopicSink {
     /// A sink whose fan-out tasks run on `runtime`, with `queue_capacity` events per shard:
-    /// when a shard falls that far behind, the publisher gives up on its watches (4009).
-    pub(super) fn new(runtime: Handle, queue_capacity: usize) -> TopicSink {
+    /// when a shard falls that far behind, the publisher gives up on its watches (4009). A
+    /// run of events waits until `linger` after the one before (see [`fan_out`]).
+    pub(super) fn new(runtime: Handle, queue_capacity: usize, linger: Duration) -> TopicSink {
         let max_shards = runtime.metrics().num_workers().max(1);
-        TopicSink { shards: RwLock::new(Vec::new()), runtime, max_shards, queue_capacity }
+        TopicSink { shards: RwLock::new(Vec::new()), runtime, max_shards, queue_capacity, linger }
     }
 
     /// Adds `watch` to the smallest shard, or to a new one when every shard is full enough
@@ -106,7 +111,7 @@ impl TopicSink {
                     failed: Notify::new(),
                 });
                 let (queue, events) = mpsc::channel(self.queue_capacity.max(1));
-                self.runtime.spawn(fan_out(events, state.clone()));
+                self.runtime.spawn(fan_out(events, state.clone(), self.linger));
                 shards.push(Shard { queue, state });
             }
         }
@@ -144,16 +149,35 @@ impl EventSink for TopicSink {
     }
 }
 
-/// A shard's task: delivers its queue to its watches until the sink is dropped.
-async fn fan_out(mut events: mpsc::Receiver<Arc<Fanned>>, state: Arc<ShardState>) {
-    let mut batch = Vec::with_capacity(BATCH);
+/// A shard's task: delivers its queue to its watches until the sink is dropped, in runs: the
+/// events waiting when it wakes (up to [`RUN`]) go to each watch as one shared run. After a
+/// run, the next waits until `linger` has passed since it (an event after a quiet spell goes
+/// at once), so that a busy topic's watchers get several events per wake-up and write.
+async fn fan_out(
+    mut events: mpsc::Receiver<Arc<Fanned>>,
+    state: Arc<ShardState>,
+    linger: Duration,
+) {
+    let mut batch = Vec::with_capacity(RUN);
+    let mut last_run: Option<Instant> = None;
     loop {
         tokio::select! {
             biased;
             () = state.failed.notified() => {}
-            received = events.recv_many(&mut batch, BATCH) => {
+            received = events.recv_many(&mut batch, RUN) => {
                 if received == 0 {
                     return;
+                }
+            }
+        }
+        if let Some(due) = last_run.map(|at| at + linger) {
+            if !batch.is_empty() && Instant::now() < due {
+                tokio::time::sleep_until(due).await;
+                while batch.len() < RUN {
+                    match events.try_recv() {
+                        Ok(fanned) => batch.push(fanned),
+                        Err(_) => break,
+                    }
                 }
             }
         }
@@ -167,16 +191,20 @@ async fn fan_out(mut events: mpsc::Receiver<Arc<Fanned>>, state: Arc<ShardState>
             }
             continue;
         }
+        if batch.is_empty() {
+            continue;
+        }
+        let published: Vec<Arc<ChangeEvent>> = batch.iter().map(|f| f.event.clone()).collect();
+        let run: Arc<[Utf8Bytes]> = batch.drain(..).map(|f| f.text().clone()).collect();
         {
             let watches = state.watches.read().unwrap_or_else(PoisonError::into_inner);
-            for fanned in batch.drain(..) {
-                for watch in watches.iter() {
-                    watch.deliver(&fanned.event, fanned.text());
-                }
+            for watch in watches.iter() {
+                watch.deliver_run(&published, &run);
             }
         }
-        // A hot topic always has a batch ready: without this, its task would hold a worker
-        // thread until the coop budget runs out, 128 batches later.
+        last_run = Some(Instant::now());
+        // A hot topic always has a run ready: without this, its task would hold a worker
+        // thread until the coop budget runs out, 128 runs later.
         tokio::task::yield_now().await;
     }
 }
@@ -185,15 +213,13 @@ async fn fan_out(mut events: mpsc::Receiver<Arc<Fanned>>, state: Arc<ShardState>
 mod tests {
     use std::time::Duration;
 
-    use tokio::sync::mpsc::Receiver;
-
     use super::*;
-    use crate::outbox::Outbox;
+    use crate::outbox::{Outbox, OutboxReceiver};
     use crate::subscriptions::tests::{ev, rev_of};
     use crate::subscriptions::Feed;
 
     /// A live path watch with its outbox's receiving end.
-    fn live_watch(id: u64, send_queue: usize) -> (Arc<Watch>, Receiver<Utf8Bytes>) {
+    fn live_watch(id: u64, send_queue: usize) -> (Arc<Watch>, OutboxReceiver) {
         let (outbox, rx) = Outbox::new(send_queue);
         let watch = Arc::new(Watch {
             id,
@@ -205,7 +231,7 @@ mod tests {
         (watch, rx)
     }
 
-    async fn next_rev(rx: &mut Receiver<Utf8Bytes>) -> u64 {
+    async fn next_rev(rx: &mut OutboxReceiver) -> u64 {
         let text = tokio::time::timeout(Duration::from_secs(20), rx.recv()).await.unwrap().unwrap();
         rev_of(text.as_str())
     }
@@ -218,20 +244,44 @@ mod tests {
 
     #[tokio::test(flavor = "current_thread")]
     async fn the_publisher_only_queues_and_the_task_delivers() {
-        let sink = TopicSink::new(Handle::current(), 1024);
+        let sink = TopicSink::new(Handle::current(), 1024, Duration::ZERO);
         let (watch, mut rx) = live_watch(1, 64);
         sink.add(watch);
         sink.deliver(&ev(1));
         sink.deliver(&ev(2));
         // Nothing ran the fan-out task yet: the publisher did not touch the outbox.
-        assert!(rx.try_recv().is_err());
+        assert!(rx.try_recv().is_none());
         assert_eq!(next_rev(&mut rx).await, 1);
         assert_eq!(next_rev(&mut rx).await, 2);
     }
 
+    #[tokio::test(flavor = "current_thread", start_paused = true)]
+    async fn a_busy_topic_waits_out_the_linger_and_sends_what_came_meanwhile_as_one_run() {
+        let linger = Duration::from_millis(50);
+        let sink = TopicSink::new(Handle::current(), 1024, linger);
+        let (watch, mut rx) = live_watch(1, 64);
+        sink.add(watch);
+        let start = Instant::now();
+        sink.deliver(&ev(1));
+        assert_eq!(next_rev(&mut rx).await, 1);
+        assert_eq!(start.elapsed(), Duration::ZERO, "the first event does not wait");
+        sink.deliver(&ev(2));
+        tokio::task::yield_now().await;
+        sink.deliver(&ev(3));
+        assert_eq!(next_rev(&mut rx).await, 2);
+        assert!(start.elapsed() >= linger, "the next run waited for the linger");
+        assert_eq!(rx.try_recv().map(|t| rev_of(t.as_str())), Some(3), "in the same run");
+        // A quiet spell longer than the linger: the next event goes at once again.
+        tokio::time::advance(2 * linger).await;
+        let quiet = Instant::now();
+        sink.deliver(&ev(4));
+        assert_eq!(next_rev(&mut rx).await, 4);
+        assert_eq!(quiet.elapsed(), Duration::ZERO);
+    }
+
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn a_big_topic_is_split_over_the_workers_and_every_watch_sees_every_event_in_order() {
-        let sink = Arc::new(TopicSink::new(Handle::current(), 1024));
+        let sink = Arc::new(TopicSink::new(Handle::current(), 1024, Duration::ZERO));
         let mut receivers = Vec::new();
         for id in 0..300 {
             let (watch, rx) = live_watch(id, 1024);
@@ -259,14 +309,14 @@ mod tests {
 
     #[tokio::test(flavor = "current_thread")]
     async fn an_overflowing_queue_closes_its_watches_as_lost_instead_of_skipping_an_event() {
-        let sink = TopicSink::new(Handle::current(), 4);
+        let sink = TopicSink::new(Handle::current(), 4, Duration::ZERO);
         let (watch, mut rx) = live_watch(1, 64);
         sink.add(watch.clone());
         // The task cannot run while this test does not yield: the fifth event finds the queue
         // full.
         (1..=6).for_each(|rev| sink.deliver(&ev(rev)));
         assert_eq!(closed(&watch).await, Some(CLOSE_CHANGES_LOST));
-        assert!(rx.try_recv().is_err(), "nothing is delivered once a watch missed an event");
+        assert!(rx.try_recv().is_none(), "nothing is delivered once a watch missed an event");
         // A watch that comes later starts a clean run.
         let (later, mut later_rx) = live_watch(2, 64);
         sink.add(later.clone());
@@ -277,8 +327,8 @@ mod tests {
 
     #[tokio::test(flavor = "current_thread")]
     async fn lost_closes_every_watch_of_the_topic_with_4009_before_any_later_event() {
-        let sink = TopicSink::new(Handle::current(), 1024);
-        let other = TopicSink::new(Handle::current(), 1024);
+        let sink = TopicSink::new(Handle::current(), 1024, Duration::ZERO);
+        let other = TopicSink::new(Handle::current(), 1024, Duration::ZERO);
         let (watches, mut receivers): (Vec<_>, Vec<_>) =
             (1..=3).map(|id| live_watch(id, 64)).unzip();
         watches.iter().for_each(|w| sink.add(w.clone()));
@@ -293,7 +343,7 @@ mod tests {
         for (watch, rx) in watches.iter().zip(&mut receivers) {
             assert_eq!(closed(watch).await, Some(CLOSE_CHANGES_LOST));
             assert_eq!(CLOSE_CHANGES_LOST.code, 4009);
-            assert!(rx.try_recv().is_err(), "the event after the loss is not delivered");
+            assert!(rx.try_recv().is_none(), "the event after the loss is not delivered");
         }
         other.deliver(&ev(5));
         assert_eq!(next_rev(&mut bystander_rx).await, 5);
