@@ -54,15 +54,15 @@ impl<'a> Frame<'a> {
     /// for any escape in the path or the content: [`Frame::parse`] then reads it as JSON.
     fn change_event(text: &'a str) -> Option<Frame<'a>> {
         let rest = text.strip_prefix(r#"{"event":"change","path":""#)?;
-        let (path, rest) = rest.split_once('"')?;
+        let (path, rest) = plain_string(rest)?;
         let rest = rest.strip_prefix(r#","rev":"#)?;
         let digits = rest.bytes().take_while(u8::is_ascii_digit).count();
         let rev = rest[..digits].parse().ok()?;
         let rest = rest[digits..].strip_prefix(r#","op":""#)?;
-        let (_, rest) = rest.split_once('"')?;
+        let (_, rest) = plain_string(rest)?;
         let rest = rest.strip_prefix(r#","content":""#)?;
-        let (content, rest) = rest.split_once('"')?;
-        if path.contains('\\') || content.contains('\\') || !rest.starts_with([',', '}']) {
+        let (content, rest) = plain_string(rest)?;
+        if !rest.starts_with([',', '}']) {
             return None;
         }
         Some(Frame {
@@ -75,6 +75,14 @@ impl<'a> Frame<'a> {
             content: Some(Cow::Borrowed(content)),
         })
     }
+}
+
+/// A JSON string's contents up to its closing quote, and what follows the quote; `None` if it
+/// holds an escape (or has no end). One vectorized scan: the content of a fan-out's events was
+/// the generator's largest single cost when scanned twice, for the quote and for a backslash.
+fn plain_string(s: &str) -> Option<(&str, &str)> {
+    let end = memchr::memchr2(b'"', b'\\', s.as_bytes())?;
+    (s.as_bytes()[end] == b'"').then(|| (&s[..end], &s[end + 1..]))
 }
 
 pub struct DirectConnection {
@@ -186,6 +194,9 @@ mod tests {
         assert_eq!(event.path.as_deref(), Some("/a/b"));
         assert_eq!(event.content.as_deref(), Some("x\"y\u{e9}"));
         assert_eq!(event.rev, Some(9));
+        let escaped_path = r#"{"event":"change","path":"/a\"b","rev":1,"op":"put","content":"c"}"#;
+        assert!(Frame::change_event(escaped_path).is_none(), "an escape is left to serde_json");
+        assert_eq!(Frame::parse(escaped_path).unwrap().path.as_deref(), Some("/a\"b"));
         assert!(Frame::parse("not json").is_none());
         assert!(Frame::parse(r#"{"id":"seven"}"#).is_none(), "a mistyped field is no frame");
     }
