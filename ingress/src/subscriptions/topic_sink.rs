@@ -111,7 +111,10 @@ impl TopicSink {
                     failed: Notify::new(),
                 });
                 let (queue, events) = mpsc::channel(self.queue_capacity.max(1));
-                self.runtime.spawn(fan_out(events, state.clone(), self.linger));
+                // A run never holds more than a connection's send queue may: a reader keeping
+                // up is not closed for a run that could not fit even in its empty queue.
+                let run_max = RUN.min(self.queue_capacity.max(1));
+                self.runtime.spawn(fan_out(events, state.clone(), self.linger, run_max));
                 shards.push(Shard { queue, state });
             }
         }
@@ -150,21 +153,22 @@ impl EventSink for TopicSink {
 }
 
 /// A shard's task: delivers its queue to its watches until the sink is dropped, in runs: the
-/// events waiting when it wakes (up to [`RUN`]) go to each watch as one shared run. After a
+/// events waiting when it wakes (up to `run_max`) go to each watch as one shared run. After a
 /// run, the next waits until `linger` has passed since it (an event after a quiet spell goes
 /// at once), so that a busy topic's watchers get several events per wake-up and write.
 async fn fan_out(
     mut events: mpsc::Receiver<Arc<Fanned>>,
     state: Arc<ShardState>,
     linger: Duration,
+    run_max: usize,
 ) {
-    let mut batch = Vec::with_capacity(RUN);
+    let mut batch = Vec::with_capacity(run_max);
     let mut last_run: Option<Instant> = None;
     loop {
         tokio::select! {
             biased;
             () = state.failed.notified() => {}
-            received = events.recv_many(&mut batch, RUN) => {
+            received = events.recv_many(&mut batch, run_max) => {
                 if received == 0 {
                     return;
                 }
@@ -173,7 +177,7 @@ async fn fan_out(
         if let Some(due) = last_run.map(|at| at + linger) {
             if !batch.is_empty() && Instant::now() < due {
                 tokio::time::sleep_until(due).await;
-                while batch.len() < RUN {
+                while batch.len() < run_max {
                     match events.try_recv() {
                         Ok(fanned) => batch.push(fanned),
                         Err(_) => break,
