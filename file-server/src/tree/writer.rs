@@ -454,8 +454,14 @@ impl PageSink {
     pub(super) fn overflow(&mut self, content: &[u8]) -> Result<u64> {
         let pages = overflow_pages(content.len() as u64);
         self.overflow_pages += pages;
-        let (id, space) = self.alloc(pages)?;
-        space[..content.len()].copy_from_slice(content);
+        if self.buf.len() >= WRITE_CHUNK {
+            self.flush()?;
+        }
+        let id = self.next_page();
+        let end = self.buf.len() + pages as usize * PAGE_SIZE;
+        // Each byte written once: the content, then zeros for the rest of its last page.
+        self.buf.extend_from_slice(content);
+        self.buf.resize(end, 0);
         self.mark_verified(id);
         Ok(id)
     }
