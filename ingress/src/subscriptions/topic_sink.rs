@@ -154,8 +154,9 @@ impl EventSink for TopicSink {
 
 /// A shard's task: delivers its queue to its watches until the sink is dropped, in runs: the
 /// events waiting when it wakes (up to `run_max`) go to each watch as one shared run. After a
-/// run, the next waits until `linger` has passed since it (an event after a quiet spell goes
-/// at once), so that a busy topic's watchers get several events per wake-up and write.
+/// run, the next gathers events until `linger` has passed since it or it holds `run_max` (an
+/// event after a quiet spell goes at once), so that a busy topic's watchers get several
+/// events per wake-up and write.
 async fn fan_out(
     mut events: mpsc::Receiver<Arc<Fanned>>,
     state: Arc<ShardState>,
@@ -174,13 +175,19 @@ async fn fan_out(
                 }
             }
         }
-        if let Some(due) = last_run.map(|at| at + linger) {
-            if !batch.is_empty() && Instant::now() < due {
-                tokio::time::sleep_until(due).await;
-                while batch.len() < run_max {
-                    match events.try_recv() {
-                        Ok(fanned) => batch.push(fanned),
-                        Err(_) => break,
+        // Within the linger the run takes what comes, until it is full: a topic busier than a
+        // full run per linger goes at its own pace, and its queue does not fill meanwhile.
+        if let Some(due) = last_run.map(|at| at + linger).filter(|due| *due > Instant::now()) {
+            let pause = tokio::time::sleep_until(due);
+            tokio::pin!(pause);
+            while !batch.is_empty() && batch.len() < run_max {
+                let room = run_max - batch.len();
+                tokio::select! {
+                    () = &mut pause => break,
+                    received = events.recv_many(&mut batch, room) => {
+                        if received == 0 {
+                            break;
+                        }
                     }
                 }
             }
@@ -281,6 +288,28 @@ mod tests {
         sink.deliver(&ev(4));
         assert_eq!(next_rev(&mut rx).await, 4);
         assert_eq!(quiet.elapsed(), Duration::ZERO);
+    }
+
+    #[tokio::test(flavor = "current_thread", start_paused = true)]
+    async fn a_full_run_goes_without_waiting_and_a_topic_outpacing_the_linger_loses_nothing() {
+        let linger = Duration::from_millis(50);
+        // Four events per shard queue: the run's bound as well.
+        let sink = TopicSink::new(Handle::current(), 4, linger);
+        let (watch, mut rx) = live_watch(1, 64);
+        sink.add(watch.clone());
+        let start = Instant::now();
+        sink.deliver(&ev(1));
+        assert_eq!(next_rev(&mut rx).await, 1);
+        // Twelve more events inside one linger, four at a time as the queue allows: each full
+        // run leaves at once, none is lost (an overflowing queue would close the watch).
+        for rev in (2..=13).step_by(4) {
+            (rev..rev + 4).for_each(|r| sink.deliver(&ev(r)));
+            for r in rev..rev + 4 {
+                assert_eq!(next_rev(&mut rx).await, r);
+            }
+        }
+        assert!(start.elapsed() < linger, "full runs waited for the linger");
+        assert_eq!(watch.outbox.close_reason(), None);
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
