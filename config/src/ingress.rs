@@ -26,7 +26,7 @@ pub struct IngressConfig {
     /// closed with 4008 "slow consumer". Default 1,024.
     pub send_queue: usize,
     /// After a topic's events went to its watchers, the next ones wait until this long has
-    /// passed and go together, one write per connection: a file changing a thousand times a
+    /// passed (or 64 have gathered) and go together, one write per connection: a file changing a thousand times a
     /// second reaches each watcher in runs instead of a write per event. An event after a quiet
     /// spell goes at once; answers never wait. 0 sends every event as soon as it can. Default
     /// 10 ms.
