@@ -6,11 +6,11 @@
 //! ([`Store::open_partitions`]), so that partitions can be spread over worker processes.
 
 use std::cmp::Reverse;
-use std::collections::{BTreeMap, BinaryHeap, VecDeque};
+use std::collections::{BTreeMap, BinaryHeap, HashMap, VecDeque};
 use std::fs;
 use std::io::Write;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Instant;
 
@@ -413,7 +413,8 @@ impl Store {
     ///
     /// The changes apply in order, on top of everything applied before. One that cannot apply
     /// (a conflict, a file over the size limit, a bad patch) fails the whole batch before
-    /// anything is written. Each partition's share becomes visible at once, and a crash leaves
+    /// anything is committed (into the trees, the partitions before it may have staged pages
+    /// past their trees' ends, which nothing refers to and the next commit writes over). Each partition's share becomes visible at once, and a crash leaves
     /// each partition with all of its share or none of it; there is no atomicity across
     /// partitions. While the batch is written, the partitions it writes apply no other change
     /// and flush nothing (see [`DirectBatch`]): keep batches to a few thousand files.
@@ -424,16 +425,12 @@ impl Store {
             shares.entry(partition).or_default().push(i);
         }
         let partitions: Vec<u32> = shares.keys().copied().collect();
-        let hashes = put_hashes(changes);
+        let shares: Vec<Vec<usize>> = shares.into_values().collect();
         let mut batches = self.begin_direct_batches(&partitions)?;
         // Each change's index in `changes`, in the order the batches apply them.
-        let order: Vec<usize> = shares.values().flatten().copied().collect();
-        let mut applied = Vec::with_capacity(changes.len());
-        for (batch, share) in batches.iter_mut().zip(shares.values()) {
-            for &i in share {
-                applied.push(batch.apply(&changes[i], hashes[i])?);
-            }
-        }
+        let order: Vec<usize> = shares.iter().flatten().copied().collect();
+        let into_trees = route == BatchRoute::Trees;
+        let applied = apply_shares(changes, &shares, &mut batches, into_trees)?;
         let applied = match route {
             BatchRoute::Logs => self.log_batches(batches, &partitions)?,
             BatchRoute::Trees => {
@@ -446,11 +443,9 @@ impl Store {
         Ok(given.into_iter().map(|(_, a)| a).collect())
     }
 
-    /// [`Store::write_batch`] into the trees: pages, one sync, headers, one sync, finish.
-    fn commit_batches(&self, mut batches: Vec<DirectBatch<'_>>) -> Result<()> {
-        for batch in &mut batches {
-            batch.stage()?;
-        }
+    /// [`Store::write_batch`] into the trees, once every batch is staged: one sync, headers,
+    /// one sync, finish.
+    fn commit_batches(&self, batches: Vec<DirectBatch<'_>>) -> Result<()> {
         let own_bytes = batches.iter().map(DirectBatch::staged_bytes).sum();
         self.sync_trees(&batches, own_bytes)?;
         for batch in &batches {
@@ -703,39 +698,97 @@ fn write_manifest(dir: &Path, layout: InitOptions) -> Result<()> {
 }
 
 /// Bytes of put content in one [`Store::write_batch`] from which their hashes are computed on
-/// several threads before the batch takes its partitions. SHA-256 runs at about 1.7 GB/s on
-/// this project's machine: 1,000 files of 16 KiB spent about 10 ms of a 35 ms batch in it.
+/// other threads, ahead of the applying. SHA-256 runs at about 1.7 GB/s on this project's
+/// machine: 1,000 files of 16 KiB spent about 10 ms of a 35 ms batch in it.
 pub const PARALLEL_HASH_BYTES: usize = 1 << 20;
 
 /// Threads that hash a batch's puts, at most.
 const HASH_THREADS: usize = 4;
 
-/// The content hash of each put of `changes` (`None` for other edits), computed on up to
-/// [`HASH_THREADS`] threads when they hold [`PARALLEL_HASH_BYTES`] or more; all `None` below
-/// that, for the applier to hash as it goes.
-fn put_hashes(changes: &[Change]) -> Vec<Option<[u8; 32]>> {
+/// Applies each partition's share of `changes` (`shares[k]`, indices into `changes`) to
+/// `batches[k]`, share after share, and with `stage` stages each share's batch as soon as it
+/// is applied. Returns what each change produced, in the shares' order.
+///
+/// When the puts hold [`PARALLEL_HASH_BYTES`] or more, up to [`HASH_THREADS`] threads hash
+/// them ahead, share by share in the same order, so that applying and staging one share
+/// overlaps hashing the next (below that, each put is hashed as it is applied).
+fn apply_shares(
+    changes: &[Change],
+    shares: &[Vec<usize>],
+    batches: &mut [DirectBatch<'_>],
+    stage: bool,
+) -> Result<Vec<Applied>> {
     let put_bytes = |change: &Change| match &change.edit {
         Edit::Put(bytes) => bytes.len(),
         _ => 0,
     };
-    let mut hashes = vec![None; changes.len()];
     let threads = std::thread::available_parallelism().map_or(1, |n| n.get()).min(HASH_THREADS);
-    if threads < 2 || changes.iter().map(put_bytes).sum::<usize>() < PARALLEL_HASH_BYTES {
-        return hashes;
+    let ahead = threads >= 2 && changes.iter().map(put_bytes).sum::<usize>() >= PARALLEL_HASH_BYTES;
+    let mut applied = Vec::with_capacity(changes.len());
+    if !ahead {
+        for (batch, share) in batches.iter_mut().zip(shares) {
+            for &i in share {
+                applied.push(batch.apply(&changes[i], None)?);
+            }
+            if stage {
+                batch.stage()?;
+            }
+        }
+        return Ok(applied);
     }
-    let per_thread = changes.len().div_ceil(threads);
+    let next_share = AtomicUsize::new(0);
+    let stop = AtomicBool::new(false);
+    let (hashed_tx, hashed) = crossbeam_channel::unbounded::<(usize, Vec<Option<[u8; 32]>>)>();
     std::thread::scope(|scope| {
-        for (changes, hashes) in changes.chunks(per_thread).zip(hashes.chunks_mut(per_thread)) {
-            scope.spawn(move || {
-                for (change, hash) in changes.iter().zip(hashes) {
-                    if let Edit::Put(bytes) = &change.edit {
-                        *hash = Some(content_hash(bytes));
-                    }
+        for _ in 0..threads {
+            let hashed_tx = hashed_tx.clone();
+            let (next_share, stop) = (&next_share, &stop);
+            scope.spawn(move || loop {
+                let k = next_share.fetch_add(1, Ordering::Relaxed);
+                if k >= shares.len() || stop.load(Ordering::Relaxed) {
+                    return;
+                }
+                let hashes = shares[k]
+                    .iter()
+                    .map(|&i| match &changes[i].edit {
+                        Edit::Put(bytes) => Some(content_hash(bytes)),
+                        _ => None,
+                    })
+                    .collect();
+                if hashed_tx.send((k, hashes)).is_err() {
+                    return;
                 }
             });
         }
-    });
-    hashes
+        drop(hashed_tx);
+        let mut early: HashMap<usize, Vec<Option<[u8; 32]>>> = HashMap::new();
+        let result = (|| -> Result<()> {
+            for (k, (batch, share)) in batches.iter_mut().zip(shares).enumerate() {
+                // Shares arrive about in order; a hasher gone (it panicked) leaves its share
+                // to be hashed as it is applied.
+                let hashes = loop {
+                    if let Some(hashes) = early.remove(&k) {
+                        break hashes;
+                    }
+                    match hashed.recv() {
+                        Ok((j, hashes)) => early.insert(j, hashes),
+                        Err(_) => break vec![None; share.len()],
+                    };
+                };
+                for (&i, hash) in share.iter().zip(hashes) {
+                    applied.push(batch.apply(&changes[i], hash)?);
+                }
+                if stage {
+                    batch.stage()?;
+                }
+            }
+            Ok(())
+        })();
+        // A failed share ends the batch: the hashers stop after the share they are on.
+        stop.store(true, Ordering::Relaxed);
+        result
+    })?;
+    Ok(applied)
 }
 
 /// Callers of [`Store::apply`] per open partition above which they share sync rounds. Below
