@@ -42,6 +42,9 @@ pub trait StorageFile: Send + Sync {
     fn set_len(&self, len: u64) -> io::Result<()>;
     /// Makes every earlier write and `set_len` of this file durable.
     fn sync_data(&self) -> io::Result<()>;
+    /// Starts writing `len` bytes from `offset` to the device without waiting: a hint that
+    /// makes a later sync shorter, never a substitute for one. The default does nothing.
+    fn start_writeback(&self, _offset: u64, _len: u64) {}
     /// Maps the file as it is now. Later writes inside the mapped length may or may not show
     /// through; growth beyond it needs a new mapping.
     fn map(&self) -> io::Result<Arc<dyn Mapping>>;
@@ -239,6 +242,15 @@ impl StorageFile for FsFile {
 
     fn sync_data(&self) -> io::Result<()> {
         self.file.sync_data()
+    }
+
+    fn start_writeback(&self, offset: u64, len: u64) {
+        use std::os::fd::AsRawFd;
+        let (Ok(offset), Ok(len)) = (i64::try_from(offset), i64::try_from(len)) else { return };
+        // SAFETY: a plain system call on a descriptor this file owns; no memory is passed.
+        unsafe {
+            libc::sync_file_range(self.file.as_raw_fd(), offset, len, libc::SYNC_FILE_RANGE_WRITE);
+        }
     }
 
     fn map(&self) -> io::Result<Arc<dyn Mapping>> {

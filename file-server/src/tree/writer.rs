@@ -502,6 +502,7 @@ impl PageSink {
         self.file
             .write_all_at(&self.buf, self.buf_page * PAGE_BYTES)
             .map_err(io_err("write", &*self.file))?;
+        self.file.start_writeback(self.buf_page * PAGE_BYTES, self.buf.len() as u64);
         self.buf_page = self.next_page();
         self.buf.clear();
         Ok(())
