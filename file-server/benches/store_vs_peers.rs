@@ -12,6 +12,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::Context;
 use clap::{Parser, ValueEnum};
+use ferry_file_server::BatchRoute;
 use hdrhistogram::Histogram;
 
 use store_bench::data::{self, Batch};
@@ -82,16 +83,12 @@ impl EngineKind {
             EngineKind::Redb => Box::new(redb_peer::Redb::create(dir)?),
             EngineKind::Sqlite => Box::new(sqlite::Sqlite::create(dir)?),
             EngineKind::FerryTree => Box::new(ferry::FerryTree::create(dir)?),
-            EngineKind::FerryStore => Box::new(ferry::FerryStore::create(
-                dir,
-                args.cache_mib << 20,
-                ferry_file_server::BatchRoute::Logs,
-            )?),
-            EngineKind::FerryStoreBatch => Box::new(ferry::FerryStore::create(
-                dir,
-                args.cache_mib << 20,
-                ferry_file_server::BatchRoute::Trees,
-            )?),
+            EngineKind::FerryStore => {
+                Box::new(ferry::FerryStore::create(dir, args.cache_mib << 20, BatchRoute::Logs)?)
+            }
+            EngineKind::FerryStoreBatch => {
+                Box::new(ferry::FerryStore::create(dir, args.cache_mib << 20, BatchRoute::Trees)?)
+            }
         })
     }
 }
@@ -265,9 +262,13 @@ fn load(
     Ok((start.elapsed(), latencies))
 }
 
+/// A batch-write row. The goal (at least the fastest peer) is checked on the tree alone and on
+/// the Store's route a caller takes for files of this size, `store_route`: the other route is
+/// shown beside it, and is slower for this size by design (see `BatchRoute`).
 fn write_row(
     label: String,
     kind: EngineKind,
+    store_route: BatchRoute,
     files: u64,
     elapsed: Duration,
     latencies: &Histogram<u64>,
@@ -283,18 +284,20 @@ fn write_row(
         note: match kind {
             EngineKind::FerryStore => format!(
                 "{}; final Store::flush timed; batch {}",
-                ferry::describe(ferry_file_server::BatchRoute::Logs),
+                ferry::describe(BatchRoute::Logs),
                 p50_p99(latencies)
             ),
-            EngineKind::FerryStoreBatch => format!(
-                "{}; batch {}",
-                ferry::describe(ferry_file_server::BatchRoute::Trees),
-                p50_p99(latencies)
-            ),
+            EngineKind::FerryStoreBatch => {
+                format!("{}; batch {}", ferry::describe(BatchRoute::Trees), p50_p99(latencies))
+            }
             _ => format!("commit {}", p50_p99(latencies)),
         },
-        // Batch writes at least as fast as the fastest peer.
-        goal: (!kind.is_peer()).then_some(Goal::RatioAtLeast(1.0)),
+        goal: match (kind, store_route) {
+            (EngineKind::FerryTree, _)
+            | (EngineKind::FerryStore, BatchRoute::Logs)
+            | (EngineKind::FerryStoreBatch, BatchRoute::Trees) => Some(Goal::RatioAtLeast(1.0)),
+            _ => None,
+        },
     }
 }
 
@@ -332,7 +335,16 @@ fn small_files(args: &Args, base: &Path, rows: &mut Vec<Row>) -> anyhow::Result<
         let (elapsed, latencies) = load(engine.as_mut(), &batches)?;
         println!("{}: wrote {} files in {elapsed:.2?}", kind.name(), args.files);
         if args.wants(Workload::Write) {
-            rows.push(write_row(write_label.clone(), kind, args.files, elapsed, &latencies));
+            // Small files go through the logs: into the trees each rewrites a 4 KiB leaf.
+            let row = write_row(
+                write_label.clone(),
+                kind,
+                BatchRoute::Logs,
+                args.files,
+                elapsed,
+                &latencies,
+            );
+            rows.push(row);
         }
         if args.wants(Workload::Read) && kind != EngineKind::FerryStoreBatch {
             if kind == EngineKind::FerryStore {
@@ -425,7 +437,15 @@ fn large_files(args: &Args, base: &Path, rows: &mut Vec<Row>) -> anyhow::Result<
         let mut engine = kind.open(&dir, args)?;
         let (elapsed, latencies) = load(engine.as_mut(), &batches)?;
         println!("{}: wrote {} large files in {elapsed:.2?}", kind.name(), args.large_files);
-        let mut row = write_row(label.clone(), kind, args.large_files, elapsed, &latencies);
+        // Large files go into the trees: through the logs every byte is written twice.
+        let mut row = write_row(
+            label.clone(),
+            kind,
+            BatchRoute::Trees,
+            args.large_files,
+            elapsed,
+            &latencies,
+        );
         row.note
             .push_str(&format!(", {:.0} MiB on disk", dir_bytes(&dir)? as f64 / (1 << 20) as f64));
         rows.push(row);
@@ -454,8 +474,14 @@ fn space(args: &Args, base: &Path, rows: &mut Vec<Row>) -> anyhow::Result<()> {
         let mut engine = kind.open(&dir, args)?;
         load(engine.as_mut(), &initial)?;
         let (elapsed, latencies) = load(engine.as_mut(), &overwrites)?;
-        let mut overwrite_row =
-            write_row(format!("overwrite: {what}"), kind, args.overwrites, elapsed, &latencies);
+        let mut overwrite_row = write_row(
+            format!("overwrite: {what}"),
+            kind,
+            BatchRoute::Logs,
+            args.overwrites,
+            elapsed,
+            &latencies,
+        );
         overwrite_row.unit = "writes/s";
         overwrite_row.goal = None;
         rows.push(overwrite_row);
