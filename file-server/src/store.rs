@@ -414,10 +414,11 @@ impl Store {
     /// The changes apply in order, on top of everything applied before. One that cannot apply
     /// (a conflict, a file over the size limit, a bad patch) fails the whole batch before
     /// anything is committed (into the trees, the partitions before it may have staged pages
-    /// past their trees' ends, which nothing refers to and the next commit writes over). Each partition's share becomes visible at once, and a crash leaves
-    /// each partition with all of its share or none of it; there is no atomicity across
-    /// partitions. While the batch is written, the partitions it writes apply no other change
-    /// and flush nothing (see [`DirectBatch`]): keep batches to a few thousand files.
+    /// past their trees' ends, which nothing refers to and the next commit writes over). Each
+    /// partition's share becomes visible at once, and a crash leaves each partition with all of
+    /// its share or none of it; there is no atomicity across partitions. While the batch is
+    /// written, the partitions it writes apply no other change and flush nothing (see
+    /// [`DirectBatch`]): keep batches to a few thousand files.
     pub fn write_batch(&self, changes: &[Change], route: BatchRoute) -> Result<Vec<Applied>> {
         let mut shares: BTreeMap<u32, Vec<usize>> = BTreeMap::new();
         for (i, change) in changes.iter().enumerate() {
@@ -734,23 +735,15 @@ fn apply_shares(
     };
     let threads = std::thread::available_parallelism().map_or(1, |n| n.get()).min(HASH_THREADS);
     let ahead = threads >= 2 && changes.iter().map(put_bytes).sum::<usize>() >= PARALLEL_HASH_BYTES;
+    // No hashers at all when hashing ahead does not pay: every share then finds the channel
+    // closed and is hashed as it is applied.
+    let hashers = if ahead { threads } else { 0 };
     let mut applied = Vec::with_capacity(changes.len());
-    if !ahead {
-        for (batch, share) in batches.iter_mut().zip(shares) {
-            for &i in share {
-                applied.push(batch.apply(&changes[i], None)?);
-            }
-            if stage {
-                batch.stage()?;
-            }
-        }
-        return Ok(applied);
-    }
     let next_share = AtomicUsize::new(0);
     let stop = AtomicBool::new(false);
     let (hashed_tx, hashed) = crossbeam_channel::unbounded::<(usize, Vec<Option<[u8; 32]>>)>();
     std::thread::scope(|scope| {
-        for _ in 0..threads {
+        for _ in 0..hashers {
             let hashed_tx = hashed_tx.clone();
             let (next_share, stop) = (&next_share, &stop);
             scope.spawn(move || loop {
@@ -774,8 +767,8 @@ fn apply_shares(
         let mut early: HashMap<usize, Vec<Option<[u8; 32]>>> = HashMap::new();
         let result = (|| -> Result<()> {
             for (k, (batch, share)) in batches.iter_mut().zip(shares).enumerate() {
-                // Shares arrive about in order; a hasher gone (it panicked) leaves its share
-                // to be hashed as it is applied.
+                // Shares arrive about in order; with no hasher left (none started, or one
+                // panicked) the share is hashed as it is applied.
                 let hashes = loop {
                     if let Some(hashes) = early.remove(&k) {
                         break hashes;

@@ -1,7 +1,8 @@
 //! A connection's way out: a bounded queue of text frames drained by the connection's writer
-//! (a busy topic's events come as one shared run, counted as its frames), and the close signal. Everything that sends to a client (answers from worker threads, events
-//! from the bus, the connection itself) goes through here and never waits: a full queue means
-//! a slow consumer, which is closed instead of buffered without bound.
+//! (a busy topic's events come as one shared run, counted as its frames), and the close
+//! signal. Everything that sends to a client (answers from worker threads, events from the
+//! bus, the connection itself) goes through here and never waits: a full queue means a slow
+//! consumer, which is closed instead of buffered without bound.
 
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, OnceLock};
@@ -162,7 +163,7 @@ impl OutboxReceiver {
             return Some(text);
         }
         let queued = self.rx.recv().await?;
-        Some(self.take(queued))
+        self.take(queued)
     }
 
     /// The next frame if one is queued.
@@ -171,7 +172,7 @@ impl OutboxReceiver {
             return Some(text);
         }
         let queued = self.rx.try_recv().ok()?;
-        Some(self.take(queued))
+        self.take(queued)
     }
 
     fn rest_of_run(&mut self) -> Option<Utf8Bytes> {
@@ -184,19 +185,18 @@ impl OutboxReceiver {
         Some(text)
     }
 
-    fn take(&mut self, queued: Queued) -> Utf8Bytes {
+    /// Takes `queued` off the count; a run's frames are then handed out by
+    /// [`OutboxReceiver::rest_of_run`] (never empty: [`Outbox::send_run`] queues none such).
+    fn take(&mut self, queued: Queued) -> Option<Utf8Bytes> {
         match queued {
             Queued::Frame(text) => {
                 self.queued.fetch_sub(1, Ordering::AcqRel);
-                text
+                Some(text)
             }
             Queued::Run(run, from) => {
                 self.queued.fetch_sub(run.len() - from, Ordering::AcqRel);
-                let text = run[from].clone();
-                if from + 1 < run.len() {
-                    self.run = Some((run, from + 1));
-                }
-                text
+                self.run = Some((run, from));
+                self.rest_of_run()
             }
         }
     }

@@ -12,10 +12,11 @@
 //!
 //! The steps are apart so that [`crate::Store::write_batch`] can commit several partitions
 //! with one file-system sync per step: apply and stage each partition's changes, make every
-//! staged page durable, write the headers, make them durable, finish. Or, once every change has applied, the batch
-//! goes to the log after all ([`DirectBatch::log`], [`crate::BatchRoute::Logs`]): for small
-//! files scattered over the tree, its leaf rewrites cost more than logging; applying first
-//! still lets a change that cannot apply fail the whole batch before anything is written.
+//! staged page durable, write the headers, make them durable, finish. Or, once every change
+//! has applied, the batch goes to the log after all ([`DirectBatch::log`],
+//! [`crate::BatchRoute::Logs`]): for small files scattered over the tree, its leaf rewrites
+//! cost more than logging; applying first still lets a change that cannot apply fail the
+//! whole batch before anything is written.
 
 use std::collections::BTreeMap;
 

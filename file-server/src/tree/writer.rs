@@ -440,11 +440,16 @@ impl PageSink {
         self.buf_page + (self.buf.len() / PAGE_SIZE) as u64
     }
 
-    fn alloc(&mut self, pages: u64) -> Result<(u64, &mut [u8])> {
+    /// The page new pages start at, once a full buffer is written out.
+    fn make_room(&mut self) -> Result<u64> {
         if self.buf.len() >= WRITE_CHUNK {
             self.flush()?;
         }
-        let id = self.next_page();
+        Ok(self.next_page())
+    }
+
+    fn alloc(&mut self, pages: u64) -> Result<(u64, &mut [u8])> {
+        let id = self.make_room()?;
         let start = self.buf.len();
         self.buf.resize(start + pages as usize * PAGE_SIZE, 0);
         Ok((id, &mut self.buf[start..]))
@@ -454,10 +459,7 @@ impl PageSink {
     pub(super) fn overflow(&mut self, content: &[u8]) -> Result<u64> {
         let pages = overflow_pages(content.len() as u64);
         self.overflow_pages += pages;
-        if self.buf.len() >= WRITE_CHUNK {
-            self.flush()?;
-        }
-        let id = self.next_page();
+        let id = self.make_room()?;
         let end = self.buf.len() + pages as usize * PAGE_SIZE;
         // Each byte written once: the content, then zeros for the rest of its last page.
         self.buf.extend_from_slice(content);

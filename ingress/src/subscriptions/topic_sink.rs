@@ -87,7 +87,8 @@ pub(super) struct TopicSink {
 impl TopicSink {
     /// A sink whose fan-out tasks run on `runtime`, with `queue_capacity` events per shard:
     /// when a shard falls that far behind, the publisher gives up on its watches (4009). A
-    /// run of events waits until `linger` after the one before (see [`fan_out`]).
+    /// busy topic's next run of events gathers until `linger` after the one before, or until
+    /// it is full (see [`fan_out`]).
     pub(super) fn new(runtime: Handle, queue_capacity: usize, linger: Duration) -> TopicSink {
         let max_shards = runtime.metrics().num_workers().max(1);
         TopicSink { shards: RwLock::new(Vec::new()), runtime, max_shards, queue_capacity, linger }

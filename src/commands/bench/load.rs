@@ -759,8 +759,8 @@ async fn drive(
                     continue;
                 };
                 // The frames already received are handled at the same instant, without a turn
-                // of the loop each: a watcher in a fan-out reads several per wake-up, and the
-                // turn (a clock read, the select's futures) cost more than the frame.
+                // of the loop each (a clock read, the select's futures): a watcher in a fan-out
+                // reads several per wake-up.
                 let mut next = Some(text);
                 let mut budget = FRAMES_PER_WAKE;
                 while let Some(text) = next.take() {
