@@ -1,11 +1,14 @@
 #!/usr/bin/env bash
 # The distributed mode's benchmarks, side by side in one run on this machine:
-#   1. the raw RabbitMQ ceiling (cluster/benches/amqp_ceiling.rs: lapin, 500-byte persistent
-#      messages, one per message, confirms, over 16 partition quorum queues);
-#   2. a local cluster (2 workers, 2 ingress nodes) loaded by `ferry bench` over both ingress
-#      nodes: its throughput in a closed loop with as many writes in flight as the ceiling's
-#      client keeps (one per connection), and the highest open-loop rate with p99 ack <= 50 ms
-#      (--find-max), each reported as a ratio to 1.;
+#   1. throughput at each number of writes in flight in $IN_FLIGHT (default "256 1024 4096"),
+#      alternating the raw RabbitMQ ceiling (cluster/benches/amqp_ceiling.rs: lapin, 500-byte
+#      persistent messages, one per message, confirms, over the cluster's partition queues,
+#      that many in flight) with Ferry end to end (a local cluster of 2 workers and 2 ingress
+#      nodes loaded by `ferry bench --closed-loop` over both ingress nodes with that many
+#      connections, one write in flight each, every write verified); each level's ratio, and
+#      the ratio of the two highest (each system's highest sustained throughput);
+#   2. the highest open-loop rate with p99 ack <= 50 ms (--find-max), as a ratio to the
+#      ceiling at the first level;
 #   3. the backlog drain (cluster/benches/backlog.rs: 200,000 instructions queued, then 2 workers).
 # Optional: BENCH_PEAK=1 also runs the peak preset (10,000 clients, 15,000/s, 60 s) through the
 # cluster. Results go to stdout and to $OUT (default target/bench-cluster).
@@ -20,18 +23,35 @@ mkdir -p "$OUT"
 cargo build --release --quiet --bin ferry
 
 echo "== load before: $(cut -d' ' -f1-3 /proc/loadavg)"
-cargo bench --quiet -p ferry-cluster --bench amqp_ceiling -- --seconds 15 | tee "$OUT/ceiling.json"
-ceiling=$(sed -n 's/.*"messages_per_sec":\([0-9]*\).*/\1/p' "$OUT/ceiling.json")
-in_flight=$(sed -n 's/.*"in_flight":\([0-9]*\).*/\1/p' "$OUT/ceiling.json")
+IN_FLIGHT=${IN_FLIGHT:-256 1024 4096}
+partitions=${FERRY_STORE__PARTITIONS:-16}
+# Built before the cluster starts, so that no compiler shares the machine with a measurement.
+cargo bench --quiet -p ferry-cluster --bench amqp_ceiling --no-run 2>/dev/null
+cargo bench --quiet -p ferry-cluster --bench backlog --no-run 2>/dev/null
 
 rm -rf "$FERRY_CLUSTER_DIR"
 trap 'scripts/cluster.sh down >/dev/null 2>&1 || true' EXIT
 scripts/cluster.sh up 2 2
 urls="ws://127.0.0.1:$FERRY_INGRESS_BASE_PORT/v1/ws,ws://127.0.0.1:$((FERRY_INGRESS_BASE_PORT + 1))/v1/ws"
-target/release/ferry bench --url "$urls" --connections "$in_flight" --closed-loop --duration 10s \
-  --warmup 3s --json >"$OUT/closed-loop.json" || true
-closed=$(python3 -c 'import json,sys; r=json.load(open(sys.argv[1])); run=r["runs"][0]; print(int(run["achieved_rate"]) if not run["failures"] else 0)' "$OUT/closed-loop.json")
-echo "== ceiling ${ceiling} msgs/s; ferry closed loop, ${in_flight} in flight: ${closed}/s (verified: 0 means not); ratio $(python3 -c "print(round($closed/$ceiling, 2))")"
+best_ceiling=0
+best_ferry=0
+for f in $IN_FLIGHT; do
+  cargo bench --quiet -p ferry-cluster --bench amqp_ceiling -- --seconds 10 --partitions "$partitions" \
+    --in-flight "$f" | tee "$OUT/ceiling-$f.json"
+  c=$(sed -n 's/.*"messages_per_sec":\([0-9]*\).*/\1/p' "$OUT/ceiling-$f.json")
+  target/release/ferry bench --url "$urls" --connections "$f" --closed-loop --duration 10s \
+    --warmup 3s --json >"$OUT/closed-loop-$f.json" || true
+  read -r t p50 p99 < <(python3 -c '
+import json, sys
+run = json.load(open(sys.argv[1]))["runs"][0]
+ack = run["ack_latency"]
+print(0 if run["failures"] else int(run["achieved_rate"]), ack.get("p50_ms"), ack.get("p99_ms"))' "$OUT/closed-loop-$f.json")
+  echo "== $f in flight: ceiling ${c} msgs/s; ferry ${t}/s (0 means not verified), ack p50 ${p50} ms, p99 ${p99} ms; ratio $(python3 -c "print(round($t/$c, 2))")"
+  ceiling=${ceiling:-$c}
+  [ "$c" -gt "$best_ceiling" ] && best_ceiling=$c
+  [ "$t" -gt "$best_ferry" ] && best_ferry=$t
+done
+echo "== highest sustained: ceiling ${best_ceiling} msgs/s; ferry ${best_ferry}/s; ratio $(python3 -c "print(round($best_ferry/$best_ceiling, 2))")"
 start=$((ceiling / 2))
 target/release/ferry bench --url "$urls" --connections 1000 --rate "$start" --duration 10s \
   --warmup 3s --find-max --max-steps 6 --goal-ack-p99-ms 50 --json >"$OUT/find-max.json" || true
