@@ -24,7 +24,6 @@ cargo build --release --quiet --bin ferry
 
 echo "== load before: $(cut -d' ' -f1-3 /proc/loadavg)"
 IN_FLIGHT=${IN_FLIGHT:-256 1024 4096}
-partitions=${FERRY_STORE__PARTITIONS:-16}
 # Built before the cluster starts, so that no compiler shares the machine with a measurement.
 cargo bench --quiet -p ferry-cluster --bench amqp_ceiling --no-run 2>/dev/null
 cargo bench --quiet -p ferry-cluster --bench backlog --no-run 2>/dev/null
@@ -33,6 +32,9 @@ rm -rf "$FERRY_CLUSTER_DIR"
 trap 'scripts/cluster.sh down >/dev/null 2>&1 || true' EXIT
 scripts/cluster.sh up 2 2
 urls="ws://127.0.0.1:$FERRY_INGRESS_BASE_PORT/v1/ws,ws://127.0.0.1:$((FERRY_INGRESS_BASE_PORT + 1))/v1/ws"
+partitions=$(python3 -c 'import json, sys; print(json.load(open(sys.argv[1]))["partitions"])' \
+  "$FERRY_CLUSTER_DIR/data/ferry-store.json")
+echo "== $partitions partitions"
 best_ceiling=0
 best_ferry=0
 for f in $IN_FLIGHT; do

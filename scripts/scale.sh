@@ -15,6 +15,10 @@
 #   FERRY_INGRESS_BASE_PORT first ingress port (default 7710)
 #   FERRY_CLUSTER__*        the [cluster] settings (namespace, broker_url, bus_url, ...)
 #   FERRY_STOP_TIMEOUT      seconds a stopping process may take before SIGKILL (default 30)
+#   FERRY_STORE__PARTITIONS partitions of a new data directory (default 4 here, not `ferry
+#                           init`'s 16): at most this many workers share the load, and each
+#                           partition is a quorum queue whose cost per message grows as its
+#                           traffic thins (BENCHMARKS.md, distributed mode, 2026-12-07)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -107,7 +111,8 @@ scale() {
   local kind=$1 want=$2 have files
   case $want in '' | *[!0-9]*) usage ;; esac
   mkdir -p "$RUN"
-  [ -f "$DIR/data/ferry-store.json" ] || [ "$kind" != worker ] || ferry init >/dev/null
+  [ -f "$DIR/data/ferry-store.json" ] || [ "$kind" != worker ] \
+    || FERRY_STORE__PARTITIONS=${FERRY_STORE__PARTITIONS:-4} ferry init >/dev/null
   files=$(running "$kind")
   have=$(printf '%s' "$files" | grep -c . || true)
   while [ "$have" -lt "$want" ]; do
