@@ -70,17 +70,8 @@ echo "== ceiling ${ceiling} msgs/s; ferry best sustained (p99 ack <= 50 ms) ${be
 if [ "${BENCH_PEAK:-0}" = 1 ]; then
   target/release/ferry bench --url "$urls" --scenario peak | tee "$OUT/peak.txt" || true
 fi
-scripts/cluster.sh down
+# Stops the cluster and deletes its namespace: durable queues and history streams outlive it.
+scripts/cluster.sh destroy
 trap - EXIT
-# The namespace's durable queues (and its history streams in Redis) stay until deleted.
-redis-cli --scan --pattern "$FERRY_CLUSTER__NAMESPACE:*" 2>/dev/null | xargs -r -n 500 redis-cli del >/dev/null || true
-for q in $(rabbitmqctl list_queues name -q 2>/dev/null | grep "^$FERRY_CLUSTER__NAMESPACE\."); do
-  rabbitmqctl delete_queue "$q" -q >/dev/null 2>&1 || true
-done
-# rabbitmqctl has no delete_exchange; RabbitMQ 3.10's own function does it.
-for x in $(rabbitmqctl list_exchanges name -q 2>/dev/null | grep "^$FERRY_CLUSTER__NAMESPACE\."); do
-  rabbitmqctl eval "rabbit_exchange:delete(rabbit_misc:r(<<\"/\">>, exchange, <<\"$x\">>), false, <<\"ferry\">>)." \
-    >/dev/null 2>&1 || true
-done
 cargo bench --quiet -p ferry-cluster --bench backlog -- --instructions 200000 | tee "$OUT/backlog.json"
 echo "== load after: $(cut -d' ' -f1-3 /proc/loadavg)"

@@ -3,6 +3,8 @@
 #
 #   scripts/cluster.sh up [WORKERS] [INGRESS]   # default 2 workers and 2 ingress nodes
 #   scripts/cluster.sh down                     # stop them all (gracefully)
+#   scripts/cluster.sh destroy                  # down, then delete the namespace's queues,
+#                                               # exchanges and Redis keys (`ferry destroy`)
 #   scripts/cluster.sh status
 #
 # Clients connect to ws://127.0.0.1:7710/v1/ws, :7711, ... (FERRY_INGRESS_BASE_PORT). The same
@@ -22,9 +24,15 @@ case ${1:-} in
     scripts/scale.sh ingress 0
     scripts/scale.sh worker 0
     ;;
+  destroy)
+    scripts/scale.sh ingress 0
+    scripts/scale.sh worker 0
+    "${FERRY_BIN:-target/release/ferry}" --data "${FERRY_CLUSTER_DIR:-ferry-cluster}/data" destroy \
+      --confirm "${FERRY_CLUSTER__NAMESPACE:-ferry}"
+    ;;
   status) scripts/scale.sh status ;;
   *)
-    sed -n '2,12p' "$0" | sed 's/^# \{0,1\}//' >&2
+    sed -n '2,14p' "$0" | sed 's/^# \{0,1\}//' >&2
     exit 2
     ;;
 esac

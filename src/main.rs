@@ -62,6 +62,9 @@ enum Command {
     /// List or replay the dead letters of a distributed cluster ([cluster]).
     #[command(subcommand)]
     Dlq(commands::dlq::DlqCommand),
+    /// Delete a stopped distributed cluster's queues, exchanges and Redis keys ([cluster]);
+    /// refused while a worker or ingress node is live.
+    Destroy(commands::destroy::DestroyArgs),
     /// Issue client tokens signed with the auth secret.
     #[command(subcommand)]
     Token(commands::token::TokenCommand),
@@ -120,6 +123,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Ingress(args) => commands::ingress_node::run(&cli.load_config()?.config, args),
         Command::Status(args) => commands::status::run(&cli.load_config()?.config, args),
         Command::Dlq(cmd) => commands::dlq::run(&cli.load_config()?.config, cmd),
+        Command::Destroy(args) => commands::destroy::run(&cli.load_config()?.config, args),
         Command::Token(cmd) => commands::token::run(&cli.load_config()?.config, cmd),
         Command::Client(args) => commands::client::run(&cli.load_config()?.config, args),
         Command::Bench(args) => commands::bench::run(&cli.load_config()?.config, args),

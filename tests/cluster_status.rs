@@ -1,5 +1,6 @@
 //! `ferry status` and `ferry dlq` against a running cluster: one `ferry worker` and one
-//! `ferry ingress` in a namespace of the test's own, written to by a WebSocket client.
+//! `ferry ingress` in a namespace of the test's own, written to by a WebSocket client; and
+//! `ferry destroy` once the cluster has stopped.
 
 mod common;
 
@@ -8,7 +9,7 @@ use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use common::cluster::{within, Cluster, PARTITIONS, TIMEOUT};
+use common::cluster::{within, Cluster, PARTITIONS, SHARED_AMQP_URL, SHARED_REDIS_URL, TIMEOUT};
 use ferry_ingress::client::Client;
 use serde_json::Value;
 
@@ -136,4 +137,67 @@ async fn status_shows_the_worker_the_ingress_and_empty_queues_after_the_writes()
     let out = cluster.ferry().args(["dlq", "replay"]).output().unwrap();
     assert_eq!(succeeded(out, "ferry dlq replay"), "replayed 0 dead letter(s)\n");
     drop(client);
+}
+
+/// `ferry destroy --confirm {confirm}`: whether it succeeded, its stdout and its stderr.
+fn destroy(cluster: &Cluster, confirm: &str) -> (bool, String, String) {
+    let out = cluster.ferry().args(["destroy", "--confirm", confirm]).output().unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
+    (out.status.success(), String::from_utf8_lossy(&out.stdout).into_owned(), stderr)
+}
+
+/// Whether the shared broker has the queue `name` (a passive declare, on a channel of its own:
+/// a missing queue closes the channel).
+async fn queue_exists(name: &str) -> bool {
+    let connection =
+        within(lapin::Connection::connect(SHARED_AMQP_URL, Default::default())).await.unwrap();
+    let channel = within(connection.create_channel()).await.unwrap();
+    let options = lapin::options::QueueDeclareOptions { passive: true, ..Default::default() };
+    let declared = within(channel.queue_declare(name.into(), options, Default::default())).await;
+    let _ = connection.close(0, "checked".into()).await;
+    declared.is_ok()
+}
+
+async fn redis_keys(namespace: &str) -> Vec<String> {
+    let client = redis::Client::open(SHARED_REDIS_URL).unwrap();
+    let mut redis = within(client.get_multiplexed_async_connection()).await.unwrap();
+    within(redis::cmd("KEYS").arg(format!("{namespace}:*")).query_async(&mut redis)).await.unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn destroy_refuses_while_a_member_is_live_then_deletes_queues_and_keys() {
+    let tmp = tempfile::tempdir().unwrap();
+    let mut cluster = Cluster::new(tmp.path());
+    let worker = cluster.worker("w1");
+    let namespace = cluster.namespace.clone();
+    let (ok, _, stderr) = destroy(&cluster, "another-cluster");
+    assert!(!ok && stderr.contains("nothing deleted"), "{stderr}");
+    let deadline = Instant::now() + TIMEOUT;
+    while status_json(&cluster, "0s")["workers"].as_array().is_none_or(|w| w.is_empty()) {
+        assert!(Instant::now() < deadline, "the worker never joined");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let (ok, _, stderr) = destroy(&cluster, &namespace);
+    assert!(!ok && stderr.contains("live members") && stderr.contains("w1"), "{stderr}");
+    let first_queue = format!("{namespace}.p000");
+    assert!(queue_exists(&first_queue).await, "a refused destroy deleted the queues");
+    assert!(!redis_keys(&namespace).await.is_empty());
+
+    // SIGKILL: the worker's lease has to run out before the cluster counts as stopped.
+    cluster.kill(worker);
+    let stdout = loop {
+        let (ok, stdout, stderr) = destroy(&cluster, &namespace);
+        if ok {
+            break stdout;
+        }
+        assert!(stderr.contains("live members"), "{stderr}");
+        assert!(Instant::now() < deadline, "the killed worker stayed live: {stderr}");
+        std::thread::sleep(Duration::from_millis(200));
+    };
+    let expected = format!("deleted cluster {namespace}: {PARTITIONS} partition queues");
+    assert!(stdout.starts_with(&expected), "{stdout}");
+    assert!(!queue_exists(&first_queue).await);
+    assert!(!queue_exists(&format!("{namespace}.p{:03}", PARTITIONS - 1)).await);
+    assert!(!queue_exists(&format!("{namespace}.dead")).await);
+    assert_eq!(redis_keys(&namespace).await, Vec::<String>::new());
 }

@@ -13,7 +13,8 @@
 //!   answers travel through the process's [`replies`], batched per reply queue;
 //! - [`membership`] and [`assignment`]: workers' heartbeats in Redis and the rendezvous rule that
 //!   maps partitions to live workers; [`worker_node`] opens and closes partitions as it moves;
-//! - [`redis_bus`]: the [`ChangeBus`] over Redis pub/sub with a per-file history.
+//! - [`redis_bus`]: the [`ChangeBus`] over Redis pub/sub with a per-file history;
+//! - [`teardown`]: deleting a stopped cluster's queues, exchanges and Redis keys.
 //!
 //! This is the only crate that speaks AMQP or Redis: the store, the worker's applying logic and
 //! the ingress know only the seams in `ferry-protocol`.
@@ -32,5 +33,6 @@ pub mod partition_consumer;
 pub mod redis_bus;
 pub mod replies;
 pub mod status;
+pub mod teardown;
 pub mod topology;
 pub mod worker_node;

@@ -1036,7 +1036,7 @@ fn rev_of_stream_id(id: &str) -> Option<u64> {
 }
 
 /// Escapes the characters Redis's glob patterns treat specially.
-fn glob_escape(text: &str) -> String {
+pub(crate) fn glob_escape(text: &str) -> String {
     let mut out = String::with_capacity(text.len() + 4);
     for c in text.chars() {
         if matches!(c, '*' | '?' | '[' | ']' | '\\') {

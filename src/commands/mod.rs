@@ -4,6 +4,7 @@ pub mod bench;
 pub mod client;
 pub mod cluster_options;
 pub mod config;
+pub mod destroy;
 pub mod dlq;
 pub mod file_server;
 pub mod files;
