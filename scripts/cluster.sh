@@ -25,8 +25,7 @@ case ${1:-} in
     scripts/scale.sh worker 0
     ;;
   destroy)
-    scripts/scale.sh ingress 0
-    scripts/scale.sh worker 0
+    scripts/cluster.sh down
     "${FERRY_BIN:-target/release/ferry}" --data "${FERRY_CLUSTER_DIR:-ferry-cluster}/data" destroy \
       --confirm "${FERRY_CLUSTER__NAMESPACE:-ferry}"
     ;;

@@ -72,15 +72,13 @@ pub async fn destroy(
     topology: &Topology,
 ) -> Result<Removed, TeardownError> {
     let namespace = topology.namespace.clone();
+    let live = |role| async move {
+        Membership::connect(bus_url, &topology.namespace, role).await?.live().await
+    };
     let membership = |source| TeardownError::Membership { namespace: namespace.clone(), source };
-    let mut live = Vec::new();
-    for role in [Role::Worker, Role::Ingress] {
-        let members = Membership::connect(bus_url, &namespace, role).await.map_err(membership)?;
-        live.push(members.live().await.map_err(membership)?);
-    }
-    if live.iter().any(|members| !members.is_empty()) {
-        let ingress = live.pop().unwrap_or_default();
-        let workers = live.pop().unwrap_or_default();
+    let workers = live(Role::Worker).await.map_err(membership)?;
+    let ingress = live(Role::Ingress).await.map_err(membership)?;
+    if !workers.is_empty() || !ingress.is_empty() {
         return Err(TeardownError::LiveMembers { namespace, workers, ingress });
     }
 

@@ -84,10 +84,7 @@ pub fn run(config: &FerryConfig, args: &ClientArgs) -> anyhow::Result<ExitCode> 
             format!("ws://{addr}/v1/ws")
         }
     };
-    let runtime = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .context("starting the async runtime")?;
+    let runtime = super::startup::single_thread_runtime()?;
     runtime.block_on(async {
         let mut client = Client::connect(&url, args.token.as_deref()).await?;
         let code = command(&mut client, &args.command).await;

@@ -4,7 +4,7 @@
 
 use std::process::ExitCode;
 
-use anyhow::{bail, Context};
+use anyhow::bail;
 use clap::Args;
 use ferry_cluster::teardown::destroy;
 use ferry_config::FerryConfig;
@@ -28,10 +28,7 @@ pub fn run(config: &FerryConfig, args: &DestroyArgs) -> anyhow::Result<ExitCode>
             c.namespace
         );
     }
-    let runtime = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .context("starting the async runtime")?;
+    let runtime = super::startup::single_thread_runtime()?;
     runtime.block_on(async {
         let topology = cluster_topology(config).await?;
         let removed = destroy(&c.broker_url, &c.bus_url, &topology).await?;

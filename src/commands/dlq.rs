@@ -35,10 +35,7 @@ pub enum DlqCommand {
 }
 
 pub fn run(config: &FerryConfig, command: &DlqCommand) -> anyhow::Result<ExitCode> {
-    let runtime = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .context("starting the async runtime")?;
+    let runtime = super::startup::single_thread_runtime()?;
     runtime.block_on(async {
         let topology = cluster_topology(config).await?;
         let connection = connect(&config.cluster.broker_url).await?;

@@ -1,5 +1,6 @@
 //! What every long-running command (`serve`, `worker`, `ingress`, `file-server`) does before
-//! its own work: the data directory, the logger, the async runtime.
+//! its own work: the data directory, the logger, the async runtime; and the one-thread
+//! runtime of the short ones (`client`, `status`, `dlq`, `destroy`).
 
 use anyhow::Context;
 use ferry_config::FerryConfig;
@@ -36,6 +37,14 @@ pub fn runtime(thread_name: &str) -> anyhow::Result<tokio::runtime::Runtime> {
     tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .thread_name(thread_name)
+        .build()
+        .context("starting the async runtime")
+}
+
+/// A runtime on the calling thread, for a command that makes a few requests and exits.
+pub fn single_thread_runtime() -> anyhow::Result<tokio::runtime::Runtime> {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
         .build()
         .context("starting the async runtime")
 }

@@ -25,10 +25,7 @@ pub struct StatusArgs {
 }
 
 pub fn run(config: &FerryConfig, args: &StatusArgs) -> anyhow::Result<ExitCode> {
-    let runtime = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .context("starting the async runtime")?;
+    let runtime = super::startup::single_thread_runtime()?;
     runtime.block_on(async {
         let c = &config.cluster;
         let topology = cluster_topology(config).await?;
