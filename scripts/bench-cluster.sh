@@ -4,9 +4,12 @@
 #      alternating the raw RabbitMQ ceiling (cluster/benches/amqp_ceiling.rs: lapin, 500-byte
 #      persistent messages, one per message, confirms, over the cluster's partition queues,
 #      that many in flight) with Ferry end to end (a local cluster of 2 workers and 2 ingress
-#      nodes loaded by `ferry bench --closed-loop` over both ingress nodes with that many
-#      connections, one write in flight each, every write verified); each level's ratio, and
-#      the ratio of the two highest (each system's highest sustained throughput);
+#      nodes loaded by `ferry bench --closed-loop` over both ingress nodes, every write
+#      verified) with the same number of writes in flight, once per client shape in $DEPTHS
+#      (default "1 8"): d writes in flight per connection over in-flight/d connections; each
+#      run's ratio, and the ratio of the two highest (each system's highest sustained
+#      throughput). Depth matters: a connection's answers and events share a socket write
+#      only when several are waiting, and on loopback the cost is per write;
 #   2. the highest open-loop rate with p99 ack <= 50 ms (--find-max), as a ratio to the
 #      ceiling at the first level;
 #   3. the backlog drain (cluster/benches/backlog.rs: 200,000 instructions queued, then 2 workers).
@@ -24,6 +27,7 @@ cargo build --release --quiet --bin ferry
 
 echo "== load before: $(cut -d' ' -f1-3 /proc/loadavg)"
 IN_FLIGHT=${IN_FLIGHT:-256 1024 4096}
+DEPTHS=${DEPTHS:-1 8}
 # Built before the cluster starts, so that no compiler shares the machine with a measurement.
 cargo bench --quiet -p ferry-cluster --bench amqp_ceiling --no-run 2>/dev/null
 cargo bench --quiet -p ferry-cluster --bench backlog --no-run 2>/dev/null
@@ -37,21 +41,30 @@ partitions=$(python3 -c 'import json, sys; print(json.load(open(sys.argv[1]))["p
 echo "== $partitions partitions"
 best_ceiling=0
 best_ferry=0
+declare -A best_at_depth
 for f in $IN_FLIGHT; do
   cargo bench --quiet -p ferry-cluster --bench amqp_ceiling -- --seconds 10 --partitions "$partitions" \
     --in-flight "$f" | tee "$OUT/ceiling-$f.json"
   c=$(sed -n 's/.*"messages_per_sec":\([0-9]*\).*/\1/p' "$OUT/ceiling-$f.json")
-  target/release/ferry bench --url "$urls" --connections "$f" --closed-loop --duration 10s \
-    --warmup 3s --json >"$OUT/closed-loop-$f.json" || true
-  read -r t p50 p99 < <(python3 -c '
+  ceiling=${ceiling:-$c}
+  [ "$c" -gt "$best_ceiling" ] && best_ceiling=$c
+  for d in $DEPTHS; do
+    [ $((f / d)) -ge 1 ] || continue
+    run="$OUT/closed-loop-$f-depth$d.json"
+    target/release/ferry bench --url "$urls" --connections $((f / d)) --max-in-flight "$d" \
+      --closed-loop --duration 10s --warmup 3s --json >"$run" || true
+    read -r t p50 p99 < <(python3 -c '
 import json, sys
 run = json.load(open(sys.argv[1]))["runs"][0]
 ack = run["ack_latency"]
-print(0 if run["failures"] else int(run["achieved_rate"]), ack.get("p50_ms"), ack.get("p99_ms"))' "$OUT/closed-loop-$f.json")
-  echo "== $f in flight: ceiling ${c} msgs/s; ferry ${t}/s (0 means not verified), ack p50 ${p50} ms, p99 ${p99} ms; ratio $(python3 -c "print(round($t/$c, 2))")"
-  ceiling=${ceiling:-$c}
-  [ "$c" -gt "$best_ceiling" ] && best_ceiling=$c
-  [ "$t" -gt "$best_ferry" ] && best_ferry=$t
+print(0 if run["failures"] else int(run["achieved_rate"]), ack.get("p50_ms"), ack.get("p99_ms"))' "$run")
+    echo "== $f in flight ($((f / d)) connections x $d): ceiling ${c} msgs/s; ferry ${t}/s (0 means not verified), ack p50 ${p50} ms, p99 ${p99} ms; ratio $(python3 -c "print(round($t/$c, 2))")"
+    [ "$t" -gt "$best_ferry" ] && best_ferry=$t
+    [ "$t" -gt "${best_at_depth[$d]:-0}" ] && best_at_depth[$d]=$t
+  done
+done
+for d in $DEPTHS; do
+  echo "== highest at $d in flight per connection: ferry ${best_at_depth[$d]:-0}/s; ratio to the highest ceiling $(python3 -c "print(round(${best_at_depth[$d]:-0}/$best_ceiling, 2))")"
 done
 echo "== highest sustained: ceiling ${best_ceiling} msgs/s; ferry ${best_ferry}/s; ratio $(python3 -c "print(round($best_ferry/$best_ceiling, 2))")"
 start=$((ceiling / 2))
