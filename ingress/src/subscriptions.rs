@@ -104,9 +104,10 @@ impl Fanout {
         }
     }
 
-    /// Removes a watch; the node leaves the bus topic after its last watch. May block on the
-    /// bus.
+    /// Removes a watch, which takes no event from then on; the node leaves the bus topic after
+    /// its last watch. May block on the bus.
     pub(crate) fn unwatch(&self, topic: &Topic, watch: &Watch) {
+        watch.detach();
         let slot = self.topics.lock().unwrap_or_else(PoisonError::into_inner).get(topic).cloned();
         let Some(slot) = slot else { return };
         let mut state = slot.state.lock().unwrap_or_else(PoisonError::into_inner);
@@ -142,6 +143,9 @@ enum Feed {
     Buffering(Vec<Arc<ChangeEvent>>),
     /// Live; for a path watch, the last revision sent (0: none yet).
     Live { last_rev: u64 },
+    /// Unwatched: takes nothing more, though a fan-out task may still hold it for the rest of
+    /// a run (a `sub` that replaces a watch would otherwise see that run's events twice).
+    Detached,
 }
 
 /// History and live events did not join up: the caller sends a snapshot instead.
@@ -149,6 +153,11 @@ enum Feed {
 pub(crate) struct Discontinuity;
 
 impl Watch {
+    /// Ends the watch: whatever is delivered to it later is dropped.
+    fn detach(&self) {
+        *self.feed.lock().unwrap_or_else(PoisonError::into_inner) = Feed::Detached;
+    }
+
     /// Takes a run of the topic's events (`events[i]` serialized is `run[i]`), in the order
     /// they were published.
     fn deliver_run(&self, events: &[Arc<ChangeEvent>], run: &Arc<[Utf8Bytes]>) {
@@ -164,6 +173,7 @@ impl Watch {
             Feed::Live { .. } if !self.is_path => {
                 self.outbox.send_run(run, 0);
             }
+            Feed::Detached => {}
             Feed::Live { last_rev } => {
                 // Nearly always the whole run, or all but its first few when the catch-up
                 // already sent them: a rest of rising revisions goes as the shared run.
