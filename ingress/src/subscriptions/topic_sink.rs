@@ -219,8 +219,13 @@ async fn fan_out(
         // detached, and takes nothing more of the run.
         let watches: Vec<Arc<Watch>> =
             state.watches.read().unwrap_or_else(PoisonError::into_inner).clone();
+        // Behind (a full run already waits), the task hands the run to every watch at once,
+        // as it did before chunks: yielding then would pace it by its writers, and its queue
+        // would overflow (4009) where the connections' send queues could still absorb the
+        // backlog and their writers send several runs per write.
+        let behind = events.len() >= run_max;
         for (i, chunk) in watches.chunks(WAKE_CHUNK).enumerate() {
-            if i > 0 {
+            if i > 0 && !behind {
                 tokio::task::yield_now().await;
             }
             for watch in chunk {
