@@ -13,13 +13,14 @@ use std::sync::{Arc, Mutex, OnceLock, PoisonError};
 
 use futures_util::{SinkExt, StreamExt};
 use serde_json::{json, Value};
+use tokio::io::BufReader;
 use tokio::net::TcpStream;
 use tokio::sync::{mpsc, oneshot};
 use tokio_tungstenite::tungstenite::client::IntoClientRequest;
 use tokio_tungstenite::tungstenite::http::HeaderValue;
 use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
 use tokio_tungstenite::tungstenite::{self, Message};
-use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
+use tokio_tungstenite::WebSocketStream;
 
 /// Events (and unmatched answers) buffered before the client stops reading the socket.
 const INCOMING_BUFFER: usize = 4096;
@@ -27,6 +28,10 @@ const INCOMING_BUFFER: usize = 4096;
 /// every read: at its default of 128 KiB that fill was a sixth of a bench generator's CPU
 /// (frames here are about a kilobyte, and a larger one still arrives whole over several reads).
 const READ_BUFFER_BYTES: usize = 8 * 1024;
+/// Bytes taken from the socket at a time, beneath tungstenite: its reads came back a frame or a
+/// few kilobytes at a time, about five `recv`s for each of the server's writes in a fan-out (a
+/// run of a busy file's events is about 10 KiB), so its reads are served from this buffer.
+const SOCKET_READ_BYTES: usize = 16 * 1024;
 
 /// Where and how to connect.
 #[derive(Debug, Clone, Default)]
@@ -98,7 +103,7 @@ pub struct Event {
 }
 
 /// A WebSocket connection to a Ferry server, handshake done.
-pub(crate) type Socket = WebSocketStream<MaybeTlsStream<TcpStream>>;
+pub(crate) type Socket = WebSocketStream<BufReader<TcpStream>>;
 
 /// Opens a WebSocket to `options.url` with the token and origin headers: what [`Client`] and
 /// [`crate::direct_client::DirectConnection`] run on.
@@ -119,7 +124,20 @@ pub(crate) async fn open_socket(options: &ConnectOptions) -> Result<Socket, Clie
     if let Some(max) = options.max_message_bytes {
         config = config.max_message_size(Some(max)).max_frame_size(Some(max));
     }
-    let (socket, _) = tokio_tungstenite::connect_async_with_config(request, Some(config), true)
+    let uri = request.uri();
+    if uri.scheme_str() != Some("ws") {
+        return Err(bad("only ws:// URLs are supported".into()));
+    }
+    let host = uri.host().ok_or_else(|| bad("the URL has no host".into()))?;
+    let host = host.strip_prefix('[').and_then(|h| h.strip_suffix(']')).unwrap_or(host);
+    let connect = |source: std::io::Error| ClientError::Connect {
+        url: url.clone(),
+        source: tungstenite::Error::Io(source),
+    };
+    let stream = TcpStream::connect((host, uri.port_u16().unwrap_or(80))).await.map_err(connect)?;
+    stream.set_nodelay(true).map_err(connect)?;
+    let stream = BufReader::with_capacity(SOCKET_READ_BYTES, stream);
+    let (socket, _) = tokio_tungstenite::client_async_with_config(request, stream, Some(config))
         .await
         .map_err(|e| match e {
             tungstenite::Error::Http(response) => ClientError::Refused {
@@ -343,5 +361,24 @@ impl Client {
     /// Closes the connection (a normal close frame).
     pub fn close(&self) {
         let _ = self.out.send(Message::Close(None));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn a_url_other_than_plain_ws_is_refused_before_connecting() {
+        for url in ["wss://127.0.0.1:1/v1/ws", "http://127.0.0.1:1/v1/ws"] {
+            let options = ConnectOptions { url: url.into(), ..ConnectOptions::default() };
+            match open_socket(&options).await {
+                Err(ClientError::BadRequest { url: named, message }) => {
+                    assert_eq!(named, url);
+                    assert!(message.contains("ws://"), "{message}");
+                }
+                other => panic!("{url}: {:?}", other.map(|_| ())),
+            }
+        }
     }
 }
