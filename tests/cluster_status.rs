@@ -10,6 +10,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use common::cluster::{within, Cluster, PARTITIONS, SHARED_AMQP_URL, SHARED_REDIS_URL, TIMEOUT};
+use ferry_cluster::topology::{QueueLimits, Topology};
 use ferry_ingress::client::Client;
 use serde_json::Value;
 
@@ -179,7 +180,8 @@ async fn destroy_refuses_while_a_member_is_live_then_deletes_queues_and_keys() {
     }
     let (ok, _, stderr) = destroy(&cluster, &namespace);
     assert!(!ok && stderr.contains("live members") && stderr.contains("w1"), "{stderr}");
-    let first_queue = format!("{namespace}.p000");
+    let topology = Topology::new(&namespace, PARTITIONS, QueueLimits::default());
+    let first_queue = topology.partition_queue(0);
     assert!(queue_exists(&first_queue).await, "a refused destroy deleted the queues");
     assert!(!redis_keys(&namespace).await.is_empty());
 
@@ -197,7 +199,7 @@ async fn destroy_refuses_while_a_member_is_live_then_deletes_queues_and_keys() {
     let expected = format!("deleted cluster {namespace}: {PARTITIONS} partition queues");
     assert!(stdout.starts_with(&expected), "{stdout}");
     assert!(!queue_exists(&first_queue).await);
-    assert!(!queue_exists(&format!("{namespace}.p{:03}", PARTITIONS - 1)).await);
-    assert!(!queue_exists(&format!("{namespace}.dead")).await);
+    assert!(!queue_exists(&topology.partition_queue(PARTITIONS - 1)).await);
+    assert!(!queue_exists(&topology.dead_letters()).await);
     assert_eq!(redis_keys(&namespace).await, Vec::<String>::new());
 }

@@ -97,22 +97,25 @@ pub async fn destroy(
     };
     let client = redis::Client::open(bus_url).map_err(keys_error)?;
     let mut redis = client.get_multiplexed_async_connection().await.map_err(keys_error)?;
-    let redis_keys = delete_keys(&mut redis, &format!("{}:*", glob_escape(&namespace)))
-        .await
-        .map_err(keys_error)?;
+    let redis_keys = delete_namespace_keys(&mut redis, &namespace).await.map_err(keys_error)?;
     Ok(Removed { partition_queues: topology.partitions, redis_keys })
 }
 
-/// Deletes every key matching `pattern`, a step of `SCAN` at a time (never `KEYS`, which would
-/// hold a shared Redis for the whole keyspace).
-async fn delete_keys(redis: &mut MultiplexedConnection, pattern: &str) -> Result<u64, RedisError> {
+/// Deletes every Redis key of `namespace`, a step of `SCAN` at a time (never `KEYS`, which
+/// would hold a shared Redis for the whole keyspace); returns how many there were. Members of
+/// the namespace still running would write theirs again: [`destroy`] checks first.
+pub async fn delete_namespace_keys(
+    redis: &mut MultiplexedConnection,
+    namespace: &str,
+) -> Result<u64, RedisError> {
+    let pattern = format!("{}:*", glob_escape(namespace));
     let mut cursor = 0u64;
     let mut deleted = 0u64;
     loop {
         let (next, keys): (u64, Vec<String>) = redis::cmd("SCAN")
             .arg(cursor)
             .arg("MATCH")
-            .arg(pattern)
+            .arg(&pattern)
             .arg("COUNT")
             .arg(KEYS_PER_STEP)
             .query_async(redis)

@@ -10,6 +10,7 @@ use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::Duration;
 
 use super::process::{spawn_announcing, url_in};
+use ferry_cluster::teardown::delete_namespace_keys;
 use ferry_cluster::topology::{QueueLimits, Topology};
 
 pub const SHARED_AMQP_URL: &str = "amqp://guest:guest@127.0.0.1:5672/%2f";
@@ -168,15 +169,7 @@ impl Drop for Cluster {
                 let forgetting = async {
                     let client = redis::Client::open(redis_url.as_str()).ok()?;
                     let mut conn = client.get_multiplexed_async_connection().await.ok()?;
-                    let keys: Vec<String> = redis::cmd("KEYS")
-                        .arg(format!("{namespace}:*"))
-                        .query_async(&mut conn)
-                        .await
-                        .unwrap_or_default();
-                    if !keys.is_empty() {
-                        let _: redis::RedisResult<()> =
-                            redis::cmd("DEL").arg(keys).query_async(&mut conn).await;
-                    }
+                    let _ = delete_namespace_keys(&mut conn, &namespace).await;
                     Some(())
                 };
                 let _ = tokio::time::timeout(CLEANUP_WITHIN, forgetting).await;
