@@ -68,7 +68,8 @@ pub struct IngressOptions {
     pub max_connections: usize,
     /// Frames queued per connection; a full queue closes it with 4008.
     pub send_queue: usize,
-    /// After a run of a topic's events went out, how long the next run waits to gather more.
+    /// After a run of a topic's events went out, how long the next run waits to gather more,
+    /// at most: a shard of the topic's watches waits 40 us per watch up to this.
     pub fanout_linger: Duration,
     /// TCP accept to complete HTTP request head.
     pub handshake_timeout: Duration,
