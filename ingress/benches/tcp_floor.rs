@@ -430,6 +430,7 @@ async fn serve_requests(args: RequestArgs, address: String) -> anyhow::Result<()
     let (outboxes, inboxes): (Vec<_>, Vec<_>) =
         (0..args.connections).map(|_| tokio::sync::mpsc::unbounded_channel()).unzip();
     let outboxes: Arc<[tokio::sync::mpsc::UnboundedSender<Vec<u8>>]> = outboxes.into();
+    let cpu_before = own_cpu_seconds();
     let mut writers = tokio::task::JoinSet::new();
     for (i, ((reader, writer), inbox)) in streams.into_iter().zip(inboxes).enumerate() {
         tokio::spawn(read_requests(reader, i, outboxes.clone(), args.clone()));
@@ -437,7 +438,7 @@ async fn serve_requests(args: RequestArgs, address: String) -> anyhow::Result<()
     }
     // The writers end when every reader has, and with them these senders.
     drop(outboxes);
-    report_server(writers, 0.0).await
+    report_server(writers, cpu_before).await
 }
 
 /// Reads connection `i`'s requests until it closes its sending side; the answers to one read
