@@ -15,6 +15,7 @@
 //! [`CLOSE_CHANGES_LOST`] before it delivers anything else: a watch never silently skips an
 //! event, and the memory stays bounded by the queues.
 
+use std::collections::HashMap;
 use std::sync::{Arc, Mutex, OnceLock, PoisonError, RwLock};
 use std::time::Duration;
 
@@ -84,6 +85,10 @@ impl ShardState {
 
     fn take_failure(&self) -> Option<CloseReason> {
         self.failure.lock().unwrap_or_else(PoisonError::into_inner).take()
+    }
+
+    fn failure_pending(&self) -> bool {
+        self.failure.lock().unwrap_or_else(PoisonError::into_inner).is_some()
     }
 
     fn len(&self) -> usize {
@@ -174,9 +179,22 @@ impl EventSink for TopicSink {
     }
 }
 
-/// A shard's task: delivers its queue to its watches until the sink is dropped, in runs: the
-/// events waiting when it wakes (up to `run_max`) go to each watch as one shared run, handed
-/// to [`WAKE_CHUNK`] watches at a time. After a run, the next gathers events until the linger
+/// A run of a topic's events in a round, and the first of the round's watches that got it. A
+/// run taken between the round's chunks reached only the chunks after: the next round gives it
+/// first to the watches before, and to any watch the round did not hold.
+struct Run {
+    published: Vec<Arc<ChangeEvent>>,
+    run: Arc<[Utf8Bytes]>,
+    /// Index, in the round's watches, of the first watch that got it.
+    from_watch: usize,
+}
+
+/// A shard's task: delivers its queue to its watches until the sink is dropped, in rounds. A
+/// round hands the events waiting when it starts (up to `run_max`) to each watch as one shared
+/// run, [`WAKE_CHUNK`] watches at a time, and between chunks takes whatever has arrived since
+/// as a further run for the watches still to come (the next round gives it to the others
+/// first): a watch gets every event waiting when its turn comes, as a connection writer takes
+/// everything queued when it writes. After a round, the next gathers events until the linger
 /// ([`linger_for`] the shard's watches, up to `linger`) has passed since it or it holds
 /// `run_max` (an event after a quiet spell goes at once), so that a busy topic's watchers get
 /// several events per wake-up and write.
@@ -188,15 +206,22 @@ async fn fan_out(
 ) {
     let mut batch = Vec::with_capacity(run_max);
     let mut last_run: Option<Instant> = None;
+    // The last round's runs that its first watches did not get, and its watches' positions.
+    let mut late: Vec<Run> = Vec::new();
+    let mut late_positions: HashMap<u64, usize> = HashMap::new();
     loop {
-        tokio::select! {
-            biased;
-            () = state.failed.notified() => {}
-            received = events.recv_many(&mut batch, run_max) => {
-                if received == 0 {
-                    return;
+        if late.is_empty() {
+            tokio::select! {
+                biased;
+                () = state.failed.notified() => {}
+                received = events.recv_many(&mut batch, run_max) => {
+                    if received == 0 {
+                        return;
+                    }
                 }
             }
+        } else {
+            take_waiting(&mut events, &mut batch, run_max);
         }
         // Within the linger the run takes what comes, until it is full: a topic busier than a
         // full run per linger goes at its own pace, and its queue does not fill meanwhile.
@@ -204,7 +229,7 @@ async fn fan_out(
         if let Some(due) = last_run.map(|at| at + linger).filter(|due| *due > Instant::now()) {
             let pause = tokio::time::sleep_until(due);
             tokio::pin!(pause);
-            while !batch.is_empty() && batch.len() < run_max {
+            while (!batch.is_empty() || !late.is_empty()) && batch.len() < run_max {
                 let room = run_max - batch.len();
                 tokio::select! {
                     () = &mut pause => break,
@@ -220,38 +245,88 @@ async fn fan_out(
         // delivered (the queue orders the two), so no watch gets an event after a gap.
         if let Some(reason) = state.take_failure() {
             batch.clear();
+            late.clear();
             let watches = state.watches.read().unwrap_or_else(PoisonError::into_inner);
             for watch in watches.iter() {
                 watch.outbox.close(Some(reason));
             }
             continue;
         }
-        if batch.is_empty() {
+        if batch.is_empty() && late.is_empty() {
             continue;
         }
-        let published: Vec<Arc<ChangeEvent>> = batch.iter().map(|f| f.event.clone()).collect();
-        let run: Arc<[Utf8Bytes]> = batch.drain(..).map(|f| f.text().clone()).collect();
         // A copy, so that no lock is held across the yields: a watch removed meanwhile is
-        // detached, and takes nothing more of the run.
+        // detached, and takes nothing more of the round.
         let watches: Vec<Arc<Watch>> =
             state.watches.read().unwrap_or_else(PoisonError::into_inner).clone();
+        let mut runs = vec![Run::of(&mut batch, 0)];
         // Behind (a full run already waits), the task hands the run to every watch at once,
         // as it did before chunks: yielding then would pace it by its writers, and its queue
         // would overflow (4009) where the connections' send queues could still absorb the
         // backlog and their writers send several runs per write.
         let behind = events.len() >= run_max;
+        let mut taking = !behind;
         for (i, chunk) in watches.chunks(WAKE_CHUNK).enumerate() {
             if i > 0 && !behind {
                 tokio::task::yield_now().await;
             }
-            for watch in chunk {
-                watch.deliver_run(&published, &run);
+            if i > 0 && taking {
+                take_waiting(&mut events, &mut batch, run_max);
+                // An event queued after a failure was recorded is taken after it: checked
+                // here, it never reaches a watch ahead of the close.
+                if state.failure_pending() {
+                    batch.clear();
+                    taking = false;
+                } else if !batch.is_empty() {
+                    runs.push(Run::of(&mut batch, i * WAKE_CHUNK));
+                }
             }
+            for watch in chunk {
+                // What the last round owes it: the late runs after its position there (all,
+                // for a watch that round did not hold).
+                let owed_from = match late_positions.get(&watch.id) {
+                    Some(&at) => late.partition_point(|l| l.from_watch <= at),
+                    None => 0,
+                };
+                for owed in late[owed_from..].iter().chain(&runs) {
+                    if !owed.run.is_empty() {
+                        watch.deliver_run(&owed.published, &owed.run);
+                    }
+                }
+            }
+        }
+        late = runs.split_off(1);
+        late_positions.clear();
+        if !late.is_empty() {
+            late_positions.extend(watches.iter().enumerate().map(|(at, w)| (w.id, at)));
         }
         last_run = Some(Instant::now());
         // A hot topic always has a run ready: without this, its task would hold a worker
         // thread until the coop budget runs out, 128 runs later.
         tokio::task::yield_now().await;
+    }
+}
+
+impl Run {
+    /// `batch`'s events as a run, leaving `batch` empty.
+    fn of(batch: &mut Vec<Arc<Fanned>>, from_watch: usize) -> Run {
+        let published = batch.iter().map(|f| f.event.clone()).collect();
+        let run = batch.drain(..).map(|f| f.text().clone()).collect();
+        Run { published, run, from_watch }
+    }
+}
+
+/// Moves the events already waiting into `batch`, up to `run_max` in it.
+fn take_waiting(
+    events: &mut mpsc::Receiver<Arc<Fanned>>,
+    batch: &mut Vec<Arc<Fanned>>,
+    run_max: usize,
+) {
+    while batch.len() < run_max {
+        match events.try_recv() {
+            Ok(fanned) => batch.push(fanned),
+            Err(_) => break,
+        }
     }
 }
 
@@ -396,6 +471,34 @@ mod tests {
         assert_eq!(watches[last].outbox.close_reason(), None);
     }
 
+    #[tokio::test(flavor = "current_thread")]
+    async fn events_arriving_between_chunks_reach_the_rest_of_the_round_and_the_others_next() {
+        let sink = TopicSink::new(Handle::current(), 1024, Duration::ZERO);
+        let (watches, mut receivers): (Vec<_>, Vec<_>) =
+            (0..3 * WAKE_CHUNK as u64).map(|id| live_watch(id, 64)).unzip();
+        watches.iter().for_each(|w| sink.add(w.clone()));
+        let (second, last) = (WAKE_CHUNK, watches.len() - 1);
+        sink.deliver(&ev(1));
+        assert_eq!(next_rev(&mut receivers[0]).await, 1);
+        // Between the first chunk and the second: an event, and a watch the round does not hold.
+        sink.deliver(&ev(2));
+        let (newcomer, mut newcomer_rx) = live_watch(100, 64);
+        sink.add(newcomer);
+        assert_eq!(next_rev(&mut receivers[second]).await, 1);
+        let same_round = receivers[second].try_recv().map(|t| rev_of(t.as_str()));
+        assert_eq!(same_round, Some(2), "the second chunk got what came before its turn");
+        assert!(receivers[0].try_recv().is_none(), "the first chunk had had its turn");
+        assert_eq!(next_rev(&mut receivers[0]).await, 2, "the next round owes it to the first");
+        assert_eq!(next_rev(&mut newcomer_rx).await, 2, "and to a watch the round did not hold");
+        sink.deliver(&ev(3));
+        for rev in 1..=3 {
+            assert_eq!(next_rev(&mut receivers[last]).await, rev);
+        }
+        assert_eq!(next_rev(&mut receivers[0]).await, 3);
+        assert_eq!(next_rev(&mut receivers[second]).await, 3);
+        assert_eq!(next_rev(&mut newcomer_rx).await, 3);
+    }
+
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn a_big_topic_is_split_over_the_workers_and_every_watch_sees_every_event_in_order() {
         let sink = Arc::new(TopicSink::new(Handle::current(), 1024, Duration::ZERO));
@@ -465,5 +568,25 @@ mod tests {
         other.deliver(&ev(5));
         assert_eq!(next_rev(&mut bystander_rx).await, 5);
         assert_eq!(bystander.outbox.close_reason(), None);
+    }
+
+    #[tokio::test(flavor = "current_thread")]
+    async fn an_event_after_a_loss_in_the_middle_of_a_round_reaches_no_watch() {
+        let sink = TopicSink::new(Handle::current(), 1024, Duration::ZERO);
+        let (watches, mut receivers): (Vec<_>, Vec<_>) =
+            (0..3 * WAKE_CHUNK as u64).map(|id| live_watch(id, 64)).unzip();
+        watches.iter().for_each(|w| sink.add(w.clone()));
+        sink.deliver(&ev(1));
+        assert_eq!(next_rev(&mut receivers[0]).await, 1);
+        // Between the first chunk and the second, a loss, then an event the next chunks would
+        // otherwise take on the way.
+        sink.lost();
+        sink.deliver(&ev(2));
+        for (watch, rx) in watches.iter().zip(&mut receivers) {
+            assert_eq!(closed(watch).await, Some(CLOSE_CHANGES_LOST));
+            let revs: Vec<u64> =
+                std::iter::from_fn(|| rx.try_recv()).map(|t| rev_of(t.as_str())).collect();
+            assert!(!revs.contains(&2), "watch {} got the event after the loss", watch.id);
+        }
     }
 }
