@@ -29,8 +29,9 @@ pub struct IngressConfig {
     /// passed (or 64 have gathered) and go together, one write per connection: a file changing
     /// a thousand times a second reaches each watcher in runs instead of a write per event. A
     /// topic with few watchers waits less: 40 us per watcher its fan-out task serves (a
-    /// topic's watchers are split over up to one task per runtime thread), up to this. An event after a quiet spell goes at once; answers never wait. 0 sends every
-    /// event as soon as it can. Default 10 ms.
+    /// topic's watchers are split over up to one task per runtime thread), up to this. An
+    /// event after a quiet spell goes at once; answers never wait. 0 sends every event as soon
+    /// as it can. Default 10 ms.
     pub fanout_linger_ms: u64,
     /// Longest time from TCP accept to a complete HTTP request head. Default 5,000 ms.
     pub handshake_timeout_ms: u64,

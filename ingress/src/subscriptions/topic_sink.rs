@@ -352,6 +352,14 @@ mod tests {
         (watch, rx)
     }
 
+    /// Three chunks' worth of live watches added to `sink`, with their outboxes' receivers.
+    fn three_chunks_of_watches(sink: &TopicSink) -> (Vec<Arc<Watch>>, Vec<OutboxReceiver>) {
+        let (watches, receivers): (Vec<_>, Vec<_>) =
+            (0..3 * WAKE_CHUNK as u64).map(|id| live_watch(id, 64)).unzip();
+        watches.iter().for_each(|w| sink.add(w.clone()));
+        (watches, receivers)
+    }
+
     async fn next_rev(rx: &mut OutboxReceiver) -> u64 {
         let text = tokio::time::timeout(Duration::from_secs(20), rx.recv()).await.unwrap().unwrap();
         rev_of(text.as_str())
@@ -450,9 +458,7 @@ mod tests {
     #[tokio::test(flavor = "current_thread")]
     async fn a_run_for_many_watches_yields_between_chunks_and_a_detached_watch_takes_no_more() {
         let sink = TopicSink::new(Handle::current(), 1024, Duration::ZERO);
-        let (watches, mut receivers): (Vec<_>, Vec<_>) =
-            (0..3 * WAKE_CHUNK as u64).map(|id| live_watch(id, 64)).unzip();
-        watches.iter().for_each(|w| sink.add(w.clone()));
+        let (watches, mut receivers) = three_chunks_of_watches(&sink);
         let last = watches.len() - 1;
         sink.deliver(&ev(1));
         assert_eq!(next_rev(&mut receivers[0]).await, 1);
@@ -474,9 +480,7 @@ mod tests {
     #[tokio::test(flavor = "current_thread")]
     async fn events_arriving_between_chunks_reach_the_rest_of_the_round_and_the_others_next() {
         let sink = TopicSink::new(Handle::current(), 1024, Duration::ZERO);
-        let (watches, mut receivers): (Vec<_>, Vec<_>) =
-            (0..3 * WAKE_CHUNK as u64).map(|id| live_watch(id, 64)).unzip();
-        watches.iter().for_each(|w| sink.add(w.clone()));
+        let (watches, mut receivers) = three_chunks_of_watches(&sink);
         let (second, last) = (WAKE_CHUNK, watches.len() - 1);
         sink.deliver(&ev(1));
         assert_eq!(next_rev(&mut receivers[0]).await, 1);
@@ -573,9 +577,7 @@ mod tests {
     #[tokio::test(flavor = "current_thread")]
     async fn an_event_after_a_loss_in_the_middle_of_a_round_reaches_no_watch() {
         let sink = TopicSink::new(Handle::current(), 1024, Duration::ZERO);
-        let (watches, mut receivers): (Vec<_>, Vec<_>) =
-            (0..3 * WAKE_CHUNK as u64).map(|id| live_watch(id, 64)).unzip();
-        watches.iter().for_each(|w| sink.add(w.clone()));
+        let (watches, mut receivers) = three_chunks_of_watches(&sink);
         sink.deliver(&ev(1));
         assert_eq!(next_rev(&mut receivers[0]).await, 1);
         // Between the first chunk and the second, a loss, then an event the next chunks would
