@@ -1,19 +1,26 @@
 //! The bus's sink for one topic, and the tasks that fan its events out.
 //!
 //! The bus calls [`TopicSink::deliver`] on the publisher's thread (in `ferry serve`, the
-//! instruction worker's), so it only queues the event: one allocation and one bounded
-//! `try_send` per shard, whatever the number of watchers. Fan-out tasks on the ingress's runtime
-//! serialize each event once and push the events in runs to every watching connection's
-//! outbox, one shared entry per run (see [`fan_out`] for how a busy topic's runs form). A topic's
-//! watches are split into shards, one task each: a new shard once every shard holds
-//! [`SHARD_WATCHES`], up to one per runtime worker thread, so that one hot file's fan-out uses
-//! every core.
+//! instruction worker's). A topic that has only ever had one watch, the common case of a client
+//! watching its own files, gets each event serialized and queued on that watch's outbox right
+//! there, as the worker queues answers: a task would only add a wake-up and two polls per event
+//! with nothing to share (about a twentieth of the server's CPU per write with 1,000 clients,
+//! `BENCHMARKS.md`, 2026-12-07, sixteenth session). From its second watch on, a topic is
+//! [`Sharded`](Watches::Sharded) for good: the publisher only queues the event, one allocation and
+//! one bounded `try_send` per shard, whatever the number of watchers, and fan-out tasks on the
+//! ingress's runtime serialize each event once and push the events in runs to every watching
+//! connection's outbox, one shared entry per run (see [`fan_out`] for how a busy topic's runs
+//! form). A topic's watches are split into shards, one task each: a new shard once every shard
+//! holds [`SHARD_WATCHES`], up to one per runtime worker thread, so that one hot file's fan-out
+//! uses every core.
 //!
-//! Every watch belongs to one shard and each shard's queue is FIFO, so a watch sees a file's
-//! events in the order they were published. When a shard's queue is full, or the bus says it
-//! lost events ([`EventSink::lost`]), the shard's task closes every watch it holds with
-//! [`CLOSE_CHANGES_LOST`] before it delivers anything else: a watch never silently skips an
-//! event, and the memory stays bounded by the queues.
+//! The single watch becomes the first shard's under the lock that every delivery holds, so it
+//! has all the events delivered before in its outbox ahead of the shard's. Every watch belongs
+//! to one shard and each shard's queue is FIFO, so a watch sees a file's events in the order
+//! they were published. When a shard's queue is full, or the bus says it lost events
+//! ([`EventSink::lost`]), the shard's task closes every watch it holds with
+//! [`CLOSE_CHANGES_LOST`] before it delivers anything else (a single watch is closed at once): a
+//! watch never silently skips an event, and the memory stays bounded by the queues.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, OnceLock, PoisonError, RwLock};
@@ -101,9 +108,20 @@ struct Shard {
     state: Arc<ShardState>,
 }
 
-/// The bus's sink for one topic: every local watch of it, in shards.
+/// A topic's local watches.
+enum Watches {
+    /// None yet, or none left.
+    Empty,
+    /// The only watch the topic has had: the publisher delivers to it.
+    Single(Arc<Watch>),
+    /// Served by fan-out tasks, once the topic had a second watch (even if one left since: the
+    /// tasks may still hold events for a watch, which the publisher would then overtake).
+    Sharded(Vec<Shard>),
+}
+
+/// The bus's sink for one topic: every local watch of it.
 pub(super) struct TopicSink {
-    shards: RwLock<Vec<Shard>>,
+    watches: RwLock<Watches>,
     runtime: Handle,
     max_shards: usize,
     queue_capacity: usize,
@@ -117,64 +135,119 @@ impl TopicSink {
     /// it is full (see [`fan_out`]).
     pub(super) fn new(runtime: Handle, queue_capacity: usize, linger: Duration) -> TopicSink {
         let max_shards = runtime.metrics().num_workers().max(1);
-        TopicSink { shards: RwLock::new(Vec::new()), runtime, max_shards, queue_capacity, linger }
+        TopicSink {
+            watches: RwLock::new(Watches::Empty),
+            runtime,
+            max_shards,
+            queue_capacity,
+            linger,
+        }
     }
 
-    /// Adds `watch` to the smallest shard, or to a new one when every shard is full enough
-    /// and the runtime has a worker thread to spare. A new watch receives the events published
-    /// from now on (and possibly some published just before: the catch-up drops what it
-    /// already has).
+    /// Adds `watch`: as the topic's single watch if it has none and never had shards,
+    /// otherwise to the smallest shard, or to a new one when every shard is full enough and the
+    /// runtime has a worker thread to spare. A new watch receives the events published from now
+    /// on (and possibly some published just before: the catch-up drops what it already has).
     pub(super) fn add(&self, watch: Arc<Watch>) {
-        let mut shards = self.shards.write().unwrap_or_else(PoisonError::into_inner);
-        let smallest = shards.iter().min_by_key(|shard| shard.state.len());
-        match smallest {
-            Some(shard) if shard.state.len() < SHARD_WATCHES || shards.len() >= self.max_shards => {
-                shard.state.watches.write().unwrap_or_else(PoisonError::into_inner).push(watch)
+        let mut watches = self.watches.write().unwrap_or_else(PoisonError::into_inner);
+        match &mut *watches {
+            Watches::Empty => *watches = Watches::Single(watch),
+            Watches::Single(single) => {
+                // Under the write lock no delivery is under way: the single watch has every
+                // event published so far in its outbox, and the shard's queue starts empty.
+                let shard = self.new_shard(vec![single.clone(), watch]);
+                *watches = Watches::Sharded(vec![shard]);
             }
-            _ => {
-                let state = Arc::new(ShardState {
-                    watches: RwLock::new(vec![watch]),
-                    failure: Mutex::new(None),
-                    failed: Notify::new(),
-                });
-                let (queue, events) = mpsc::channel(self.queue_capacity.max(1));
-                // A run never holds more than a connection's send queue may: a reader keeping
-                // up is not closed for a run that could not fit even in its empty queue.
-                let run_max = RUN.min(self.queue_capacity.max(1));
-                self.runtime.spawn(fan_out(events, state.clone(), self.linger, run_max));
-                shards.push(Shard { queue, state });
+            Watches::Sharded(shards) => {
+                let smallest = shards.iter().min_by_key(|shard| shard.state.len());
+                match smallest {
+                    Some(shard)
+                        if shard.state.len() < SHARD_WATCHES || shards.len() >= self.max_shards =>
+                    {
+                        shard
+                            .state
+                            .watches
+                            .write()
+                            .unwrap_or_else(PoisonError::into_inner)
+                            .push(watch)
+                    }
+                    _ => shards.push(self.new_shard(vec![watch])),
+                }
             }
         }
+    }
+
+    /// A shard of `watches` and its fan-out task.
+    fn new_shard(&self, watches: Vec<Arc<Watch>>) -> Shard {
+        let state = Arc::new(ShardState {
+            watches: RwLock::new(watches),
+            failure: Mutex::new(None),
+            failed: Notify::new(),
+        });
+        let (queue, events) = mpsc::channel(self.queue_capacity.max(1));
+        // A run never holds more than a connection's send queue may: a reader keeping up is
+        // not closed for a run that could not fit even in its empty queue.
+        let run_max = RUN.min(self.queue_capacity.max(1));
+        self.runtime.spawn(fan_out(events, state.clone(), self.linger, run_max));
+        Shard { queue, state }
     }
 
     /// Removes the watch numbered `id`; true if the topic has no watch left.
     pub(super) fn remove(&self, id: u64) -> bool {
-        let shards = self.shards.read().unwrap_or_else(PoisonError::into_inner);
-        let mut left = 0;
-        for shard in shards.iter() {
-            let mut watches = shard.state.watches.write().unwrap_or_else(PoisonError::into_inner);
-            watches.retain(|w| w.id != id);
-            left += watches.len();
+        let mut watches = self.watches.write().unwrap_or_else(PoisonError::into_inner);
+        match &*watches {
+            Watches::Empty => true,
+            Watches::Single(single) => {
+                if single.id == id {
+                    *watches = Watches::Empty;
+                }
+                matches!(*watches, Watches::Empty)
+            }
+            Watches::Sharded(shards) => {
+                let mut left = 0;
+                for shard in shards {
+                    let mut watches =
+                        shard.state.watches.write().unwrap_or_else(PoisonError::into_inner);
+                    watches.retain(|w| w.id != id);
+                    left += watches.len();
+                }
+                left == 0
+            }
         }
-        left == 0
     }
 }
 
 impl EventSink for TopicSink {
     fn deliver(&self, event: &Arc<ChangeEvent>) {
-        let fanned = Arc::new(Fanned { event: event.clone(), text: OnceLock::new() });
-        let shards = self.shards.read().unwrap_or_else(PoisonError::into_inner);
-        for shard in shards.iter() {
-            if let Err(mpsc::error::TrySendError::Full(_)) = shard.queue.try_send(fanned.clone()) {
-                shard.state.fail(CLOSE_CHANGES_LOST);
+        let watches = self.watches.read().unwrap_or_else(PoisonError::into_inner);
+        match &*watches {
+            Watches::Empty => {}
+            Watches::Single(watch) => {
+                let run: Arc<[Utf8Bytes]> = Arc::new([Utf8Bytes::from(change_event_json(event))]);
+                watch.deliver_run(std::slice::from_ref(event), &run);
+            }
+            Watches::Sharded(shards) => {
+                let fanned = Arc::new(Fanned { event: event.clone(), text: OnceLock::new() });
+                for shard in shards {
+                    let queued = shard.queue.try_send(fanned.clone());
+                    if let Err(mpsc::error::TrySendError::Full(_)) = queued {
+                        shard.state.fail(CLOSE_CHANGES_LOST);
+                    }
+                }
             }
         }
     }
 
     fn lost(&self) {
-        let shards = self.shards.read().unwrap_or_else(PoisonError::into_inner);
-        for shard in shards.iter() {
-            shard.state.fail(CLOSE_CHANGES_LOST);
+        let watches = self.watches.read().unwrap_or_else(PoisonError::into_inner);
+        match &*watches {
+            Watches::Empty => {}
+            Watches::Single(watch) => watch.outbox.close(Some(CLOSE_CHANGES_LOST)),
+            Watches::Sharded(shards) => {
+                for shard in shards {
+                    shard.state.fail(CLOSE_CHANGES_LOST);
+                }
+            }
         }
     }
 }
@@ -360,6 +433,16 @@ mod tests {
         (watches, receivers)
     }
 
+    /// A live watch added to `sink` with a second one, so that a fan-out task serves them: the
+    /// first's receiver, and the second's (kept open).
+    fn sharded_watch(sink: &TopicSink) -> (Arc<Watch>, OutboxReceiver, OutboxReceiver) {
+        let (watch, rx) = live_watch(1, 64);
+        let (second, second_rx) = live_watch(2, 64);
+        sink.add(watch.clone());
+        sink.add(second);
+        (watch, rx, second_rx)
+    }
+
     async fn next_rev(rx: &mut OutboxReceiver) -> u64 {
         let text = tokio::time::timeout(Duration::from_secs(20), rx.recv()).await.unwrap().unwrap();
         rev_of(text.as_str())
@@ -372,25 +455,62 @@ mod tests {
     }
 
     #[tokio::test(flavor = "current_thread")]
-    async fn the_publisher_only_queues_and_the_task_delivers() {
+    async fn with_two_watches_the_publisher_only_queues_and_the_task_delivers() {
         let sink = TopicSink::new(Handle::current(), 1024, Duration::ZERO);
-        let (watch, mut rx) = live_watch(1, 64);
-        sink.add(watch);
+        let (_, mut rx, mut second_rx) = sharded_watch(&sink);
         sink.deliver(&ev(1));
         sink.deliver(&ev(2));
-        // Nothing ran the fan-out task yet: the publisher did not touch the outbox.
+        // Nothing ran the fan-out task yet: the publisher did not touch the outboxes.
         assert!(rx.try_recv().is_none());
-        assert_eq!(next_rev(&mut rx).await, 1);
-        assert_eq!(next_rev(&mut rx).await, 2);
+        assert!(second_rx.try_recv().is_none());
+        for rx in [&mut rx, &mut second_rx] {
+            assert_eq!(next_rev(rx).await, 1);
+            assert_eq!(next_rev(rx).await, 2);
+        }
+    }
+
+    #[tokio::test(flavor = "current_thread")]
+    async fn a_single_watch_gets_events_from_the_publisher_and_keeps_their_order_when_shared() {
+        let sink = TopicSink::new(Handle::current(), 1024, Duration::ZERO);
+        let (watch, mut rx) = live_watch(1, 64);
+        sink.add(watch.clone());
+        sink.deliver(&ev(1));
+        sink.deliver(&ev(2));
+        // No task ran: the publisher queued both on the outbox itself.
+        let taken: Vec<u64> =
+            std::iter::from_fn(|| rx.try_recv()).map(|t| rev_of(t.as_str())).collect();
+        assert_eq!(taken, [1, 2]);
+        sink.deliver(&ev(3));
+        // A second watch: from now on a task delivers, behind what the first already has.
+        let (second, mut second_rx) = live_watch(2, 64);
+        sink.add(second);
+        sink.deliver(&ev(4));
+        assert_eq!(next_rev(&mut rx).await, 3);
+        assert_eq!(next_rev(&mut rx).await, 4);
+        assert_eq!(next_rev(&mut second_rx).await, 4);
+        // The second leaves: the first stays with the task, which may hold events for it.
+        assert!(!sink.remove(2));
+        sink.deliver(&ev(5));
+        assert!(rx.try_recv().is_none(), "the task delivers, not the publisher");
+        assert_eq!(next_rev(&mut rx).await, 5);
+        assert!(sink.remove(1), "the last watch left");
+        // A loss closes a single watch at once, and nothing after it is delivered.
+        let (lone, mut lone_rx) = live_watch(3, 64);
+        let other = TopicSink::new(Handle::current(), 1024, Duration::ZERO);
+        other.add(lone.clone());
+        other.lost();
+        assert_eq!(lone.outbox.close_reason(), Some(CLOSE_CHANGES_LOST));
+        other.deliver(&ev(6));
+        assert!(lone_rx.try_recv().is_none());
+        assert!(other.remove(3));
     }
 
     #[tokio::test(flavor = "current_thread", start_paused = true)]
     async fn a_busy_topic_waits_out_the_linger_and_sends_what_came_meanwhile_as_one_run() {
-        // One watch: the linger is one watch's share.
+        // Capped at one watch's share.
         let linger = LINGER_PER_WATCH;
         let sink = TopicSink::new(Handle::current(), 1024, linger);
-        let (watch, mut rx) = live_watch(1, 64);
-        sink.add(watch);
+        let (_, mut rx, _second_rx) = sharded_watch(&sink);
         let start = Instant::now();
         sink.deliver(&ev(1));
         assert_eq!(next_rev(&mut rx).await, 1);
@@ -414,8 +534,7 @@ mod tests {
         let linger = LINGER_PER_WATCH;
         // Four events per shard queue: the run's bound as well.
         let sink = TopicSink::new(Handle::current(), 4, linger);
-        let (watch, mut rx) = live_watch(1, 64);
-        sink.add(watch.clone());
+        let (watch, mut rx, _second_rx) = sharded_watch(&sink);
         let start = Instant::now();
         sink.deliver(&ev(1));
         assert_eq!(next_rev(&mut rx).await, 1);
@@ -448,9 +567,10 @@ mod tests {
             assert_eq!(next_rev(&mut rx).await, 2);
             start.elapsed()
         }
+        assert_eq!(second_run_waits(1, max).await, Duration::ZERO, "the publisher delivers");
         // tokio's timers count whole milliseconds.
-        let one = second_run_waits(1, max).await;
-        assert!(one >= LINGER_PER_WATCH && one <= Duration::from_millis(1), "waited {one:?}");
+        let two = second_run_waits(2, max).await;
+        assert!(two >= 2 * LINGER_PER_WATCH && two <= Duration::from_millis(1), "waited {two:?}");
         assert_eq!(second_run_waits(100, max).await, 100 * LINGER_PER_WATCH);
         assert_eq!(second_run_waits(2_000, max).await, max, "never more than the linger");
     }
@@ -512,8 +632,10 @@ mod tests {
             sink.add(watch);
             receivers.push(rx);
         }
-        let sizes: Vec<usize> =
-            sink.shards.read().unwrap().iter().map(|shard| shard.state.len()).collect();
+        let sizes: Vec<usize> = match &*sink.watches.read().unwrap() {
+            Watches::Sharded(shards) => shards.iter().map(|shard| shard.state.len()).collect(),
+            _ => panic!("300 watches are sharded"),
+        };
         assert_eq!(sizes, [150, 150]);
         let publisher = std::thread::spawn({
             let sink = sink.clone();
@@ -534,15 +656,14 @@ mod tests {
     #[tokio::test(flavor = "current_thread")]
     async fn an_overflowing_queue_closes_its_watches_as_lost_instead_of_skipping_an_event() {
         let sink = TopicSink::new(Handle::current(), 4, Duration::ZERO);
-        let (watch, mut rx) = live_watch(1, 64);
-        sink.add(watch.clone());
+        let (watch, mut rx, _second_rx) = sharded_watch(&sink);
         // The task cannot run while this test does not yield: the fifth event finds the queue
         // full.
         (1..=6).for_each(|rev| sink.deliver(&ev(rev)));
         assert_eq!(closed(&watch).await, Some(CLOSE_CHANGES_LOST));
         assert!(rx.try_recv().is_none(), "nothing is delivered once a watch missed an event");
         // A watch that comes later starts a clean run.
-        let (later, mut later_rx) = live_watch(2, 64);
+        let (later, mut later_rx) = live_watch(3, 64);
         sink.add(later.clone());
         sink.deliver(&ev(7));
         assert_eq!(next_rev(&mut later_rx).await, 7);
