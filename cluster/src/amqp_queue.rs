@@ -407,6 +407,11 @@ impl Drop for AmqpQueue {
 }
 
 impl InstructionQueue for AmqpQueue {
+    /// RabbitMQ redelivers a message whose worker died before acknowledging it.
+    fn may_redeliver(&self) -> bool {
+        true
+    }
+
     fn submit(&self, instruction: Instruction, reply: ReplyTo) -> Result<(), QueueError> {
         if !self.is_connected() {
             return Err(QueueError::Unavailable);

@@ -320,7 +320,7 @@ impl Session {
     ) -> Instruction {
         let key = match key {
             Some(key) => key,
-            None if op.is_write() => {
+            None if op.is_write() && self.shared.assigns_keys => {
                 self.assigned_keys += 1;
                 format!("{}:{}:{}", self.shared.key_prefix, self.client_id, self.assigned_keys)
             }

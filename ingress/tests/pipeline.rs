@@ -125,11 +125,36 @@ async fn a_retried_write_with_the_same_key_is_applied_once() {
     let second = node.client().await;
     let again = second.call(request).await.unwrap();
     assert_eq!(answer["rev"], again["rev"]);
-    // Writes without a key get one assigned each: both apply.
+    // Writes without a key are each applied.
     second.append("/k/log", "a;").await.unwrap();
     second.append("/k/log", "a;").await.unwrap();
     assert_eq!(second.get("/k/log").await.unwrap()["content"], "once;a;a;");
     expect_events(&mut watcher, "/k/log", 1..=3).await;
+}
+
+/// In one process an instruction reaches the worker once, so a write without a key takes no
+/// place in the ledger: however many follow, a client's own key is still remembered.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn writes_without_a_key_do_not_push_a_clients_key_out_of_the_ledger() {
+    // A ledger of 2 slots of 2 keys: the 10 writes below would have overwritten both slots.
+    let worker = WorkerOptions { ledger_slots: 2, keys_per_slot: 2, ..WorkerOptions::default() };
+    let node = start_full(
+        IngressOptions::default(),
+        Authenticator::Open,
+        LocalBusOptions::default(),
+        worker,
+    )
+    .await;
+    let client = node.client().await;
+    let request = json!({"op": "append", "path": "/w/d/log", "content": "keyed;", "key": "w-1"});
+    let first = client.call(request.clone()).await.unwrap();
+    // The same directory, hence the same partition and ledger.
+    for i in 0..10 {
+        client.put(&format!("/w/d/f{i}"), "x").await.unwrap();
+    }
+    let again = client.call(request).await.unwrap();
+    assert_eq!(first["rev"], again["rev"], "the retry was applied a second time");
+    assert_eq!(client.get("/w/d/log").await.unwrap()["content"], "keyed;");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -105,4 +105,10 @@ impl InstructionQueue for LocalQueue {
             Err(TrySendError::Disconnected(_)) => Err(QueueError::Unavailable),
         }
     }
+
+    /// Handed over in memory, once: an instruction lost in a crash was never answered, and a
+    /// client retries it with its own key or as a new write.
+    fn may_redeliver(&self) -> bool {
+        false
+    }
 }

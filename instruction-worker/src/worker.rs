@@ -5,9 +5,9 @@
 //!    key) and either answered at once (reads see every earlier write of the batch, errors)
 //!    or submitted to the store (applied in memory and appended to the WAL, not yet durable);
 //! 2. the keys of the batch's writes are appended to each partition's idempotency ledger
-//!    (after the writes, in the same WAL and the same atomic WAL group as the keyed writes,
-//!    so that a crash keeps both or neither), then every write and ledger record is waited
-//!    for;
+//!    (after the writes, in the same WAL and the same atomic WAL group as the batch's writes,
+//!    so that a crash keeps both or neither; keyless writes are in the group for its one
+//!    sync of every log), then every write and ledger record is waited for;
 //! 3. in order, each instruction's change events are published, its answer sent and its
 //!    instruction-log record handed over.
 //!
@@ -301,8 +301,10 @@ impl Worker {
                 return JobState::Done(Ok(answer));
             }
             in_batch.insert(key, index);
-            group.join(&path);
         }
+        // Every write, keyed or not: the group's end makes all of the batch's logs durable with
+        // one sync of their file system, where each log alone would be synced by its waiter.
+        group.join(&path);
         let author = &instruction.subject;
         let edit = match op {
             Operation::Put { content, if_rev, .. } => (Edit::Put(content.clone()), *if_rev),

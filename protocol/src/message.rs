@@ -177,8 +177,9 @@ pub struct Instruction {
     /// What the subject may touch; the worker checks again.
     pub rights: Arc<Rights>,
     /// Idempotency key of a write: (subject, key) is applied at most once. The ingress assigns
-    /// a unique one when the client gave none; empty means "not idempotent" (and is what reads
-    /// carry).
+    /// a unique one when the client gave none and the queue may deliver it twice
+    /// ([`InstructionQueue::may_redeliver`](crate::InstructionQueue::may_redeliver)); empty
+    /// means "not idempotent" (and is what reads carry).
     pub key: String,
     pub op: Operation,
     /// When the ingress received it, microseconds since the Unix epoch.

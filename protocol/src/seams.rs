@@ -29,6 +29,15 @@ pub trait InstructionQueue: Send + Sync {
     /// thread, unless an error is returned (then `reply` is dropped uncalled and the caller
     /// answers `busy` / `unavailable` itself). Never blocks.
     fn submit(&self, instruction: Instruction, reply: ReplyTo) -> Result<(), QueueError>;
+
+    /// Whether an instruction may reach a worker more than once (a broker redelivers what a
+    /// worker did not acknowledge). Only then does the ingress give a write without a client
+    /// key a key of its own: the key is what makes the second delivery apply nothing, and it
+    /// costs the worker a ledger entry per write, which also shortens how long the clients'
+    /// own keys are remembered.
+    fn may_redeliver(&self) -> bool {
+        true
+    }
 }
 
 /// What a subscription watches: one file, or every file whose path starts with a prefix.
