@@ -4,8 +4,8 @@
 //! instruction worker's). A topic that has only ever had one watch, the common case of a client
 //! watching its own files, gets each event serialized and queued on that watch's outbox right
 //! there, as the worker queues answers: a task would only add a wake-up and two polls per event
-//! with nothing to share (about a twentieth of the server's CPU per write with 1,000 clients,
-//! `BENCHMARKS.md`, 2026-12-07, sixteenth session). From its second watch on, a topic is
+//! with nothing to share (5-8 % of the server's CPU per write with 1,000 clients, one watcher
+//! per file: `BENCHMARKS.md`, 2026-12-07, sixteenth session). From its second watch on, a topic is
 //! [`Sharded`](Watches::Sharded) for good: the publisher only queues the event, one allocation and
 //! one bounded `try_send` per shard, whatever the number of watchers, and fan-out tasks on the
 //! ingress's runtime serialize each event once and push the events in runs to every watching
