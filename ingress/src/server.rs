@@ -47,8 +47,6 @@ pub(crate) struct Shared {
     /// so that keys never repeat across restarts.
     pub(crate) node_tag: String,
     pub(crate) key_prefix: String,
-    /// Whether writes without a client key get one ([`InstructionQueue::may_redeliver`]).
-    pub(crate) assigns_keys: bool,
     connections: AtomicUsize,
     /// Open connections per subject: a working set is released after its subject's last one.
     subjects: parking_lot::Mutex<HashMap<Arc<str>, usize>>,
@@ -135,7 +133,6 @@ impl Ingress {
         let started = SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_micros());
         let node_tag = format!("{:x}-{:x}", started % (1 << 40), std::process::id());
         let fanout = Fanout::new(bus.clone(), options.send_queue, options.fanout_linger);
-        let assigns_keys = queue.may_redeliver();
         Ingress {
             shared: Arc::new(Shared {
                 options,
@@ -145,7 +142,6 @@ impl Ingress {
                 bus,
                 shutdown: Signal::default(),
                 key_prefix: "ferry".to_owned(),
-                assigns_keys,
                 node_tag,
                 connections: AtomicUsize::new(0),
                 subjects: parking_lot::Mutex::new(HashMap::new()),

@@ -320,7 +320,8 @@ impl Session {
     ) -> Instruction {
         let key = match key {
             Some(key) => key,
-            None if op.is_write() && self.shared.assigns_keys => {
+            // Only a queue that may deliver twice needs a key to make the second apply nothing.
+            None if op.is_write() && self.shared.queue.may_redeliver() => {
                 self.assigned_keys += 1;
                 format!("{}:{}:{}", self.shared.key_prefix, self.client_id, self.assigned_keys)
             }

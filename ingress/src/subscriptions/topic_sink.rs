@@ -197,12 +197,11 @@ impl TopicSink {
         let mut watches = self.watches.write().unwrap_or_else(PoisonError::into_inner);
         match &*watches {
             Watches::Empty => true,
-            Watches::Single(single) => {
-                if single.id == id {
-                    *watches = Watches::Empty;
-                }
-                matches!(*watches, Watches::Empty)
+            Watches::Single(single) if single.id == id => {
+                *watches = Watches::Empty;
+                true
             }
+            Watches::Single(_) => false,
             Watches::Sharded(shards) => {
                 let mut left = 0;
                 for shard in shards {
