@@ -24,10 +24,11 @@ use tokio_tungstenite::WebSocketStream;
 
 /// Events (and unmatched answers) buffered before the client stops reading the socket.
 const INCOMING_BUFFER: usize = 4096;
-/// Bytes read from the socket at a time. tungstenite zero-fills that much of its buffer before
-/// every read: at its default of 128 KiB that fill was a sixth of a bench generator's CPU
-/// (frames here are about a kilobyte, and a larger one still arrives whole over several reads).
-const READ_BUFFER_BYTES: usize = 8 * 1024;
+/// Bytes tungstenite reads at a time (from the buffer below). It zero-fills that much of its
+/// buffer before every read: at its default of 128 KiB that fill was a sixth of a bench
+/// generator's CPU, at 8 KiB still 3 % at 20,000 writes/s, where a read finds one frame of
+/// about 600 bytes (a larger frame still arrives whole over several reads).
+const READ_BUFFER_BYTES: usize = 2 * 1024;
 /// Bytes taken from the socket at a time, beneath tungstenite: its reads came back a frame or a
 /// few kilobytes at a time, about five `recv`s for each of the server's writes in a fan-out (a
 /// run of a busy file's events is about 10 KiB), so its reads are served from this buffer.

@@ -14,6 +14,7 @@
 //! sending.
 
 use std::collections::{BTreeMap, HashMap, HashSet};
+use std::fmt::Write as _;
 use std::future::Future;
 use std::pin::pin;
 use std::sync::{Arc, Mutex, PoisonError};
@@ -844,9 +845,12 @@ async fn drive(
                     let at = if closed_loop { now } else { due_at };
                     let slot = (next_write % written.len() as u64) as usize;
                     let id = (1u64 << 40) + next_write;
-                    let text = verify::content(k, micros(at, run.t0), plan.size);
                     let path = &run.paths[written[slot]];
-                    frames.push(format!(r#"{{"op":"{op}","id":{id},"path":"{path}","content":"{text}"}}"#));
+                    let mut frame = String::with_capacity(plan.size + path.len() + 64);
+                    let _ = write!(frame, r#"{{"op":"{op}","id":{id},"path":"{path}","content":""#);
+                    verify::push_content(&mut frame, k, micros(at, run.t0), plan.size);
+                    frame.push_str(r#""}"#);
+                    frames.push(frame);
                     in_flight.sent(id, InFlight { slot, seq: k, due: at });
                     outcome.sent += 1;
                     if run.in_window(at) {

@@ -28,13 +28,32 @@ impl WriteOp {
     }
 }
 
+/// The letters a content's fill cycles through, twice over, so that any 26 consecutive ones
+/// are one slice.
+const LETTERS: &str = "abcdefghijklmnopqrstuvwxyzabcdefghijklmnopqrstuvwxyz";
+
 /// The content of write number `seq`, scheduled `ts_us` microseconds after the run's start:
 /// exactly `size` bytes (at least [`HEADER_BYTES`]) of ASCII that needs no JSON escaping.
 pub fn content(seq: u64, ts_us: u64, size: usize) -> String {
-    let mut text = format!("{seq:0SEQ_DIGITS$}.{ts_us:0TS_DIGITS$}.");
-    let fill = (HEADER_BYTES..size).map(|i| char::from(b'a' + ((seq as usize + i) % 26) as u8));
-    text.extend(fill);
+    let mut text = String::with_capacity(size.max(HEADER_BYTES));
+    push_content(&mut text, seq, ts_us, size);
     text
+}
+
+/// Appends [`content`]`(seq, ts_us, size)` to `text`, where a request is being written: the
+/// generator makes one per write, and filling it a character at a time was a twentieth of
+/// its CPU at 20,000 writes/s.
+pub fn push_content(text: &mut String, seq: u64, ts_us: u64, size: usize) {
+    use std::fmt::Write as _;
+    // Writing to a String cannot fail.
+    let _ = write!(text, "{seq:0SEQ_DIGITS$}.{ts_us:0TS_DIGITS$}.");
+    let mut at = HEADER_BYTES;
+    while at < size {
+        let letter = (seq as usize + at) % 26;
+        let run = (size - at).min(26);
+        text.push_str(&LETTERS[letter..letter + run]);
+        at += run;
+    }
 }
 
 /// The sequence number and scheduled time in a content made by [`content`]. Read by position:
@@ -318,6 +337,17 @@ mod tests {
         assert_eq!(text.len(), 64);
         assert_eq!(parse_header(&text), Some((42, 1_234_567)));
         assert_eq!(content(42, 1_234_567, HEADER_BYTES).len(), HEADER_BYTES);
+        // The fill: byte i is letter (seq + i) mod 26, across several turns of the alphabet.
+        for (seq, size) in [(0, 100), (25, 27 + 26), (7, 500)] {
+            let text = content(seq, 0, size);
+            assert_eq!(text.len(), size);
+            for (i, byte) in text.bytes().enumerate().skip(HEADER_BYTES) {
+                assert_eq!(byte, b'a' + ((seq as usize + i) % 26) as u8, "seq {seq} byte {i}");
+            }
+        }
+        let mut frame = String::from("prefix:");
+        push_content(&mut frame, 42, 1_234_567, 64);
+        assert_eq!(frame, format!("prefix:{}", content(42, 1_234_567, 64)));
         assert_ne!(content(1, 0, 40), content(2, 0, 40));
         assert_eq!(parse_header("not a header at all, really no"), None);
         assert_eq!(parse_header("short"), None);
