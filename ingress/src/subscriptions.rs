@@ -214,7 +214,7 @@ impl Watch {
             self.outbox.send(text);
         }
         for event in &run {
-            self.outbox.send(Utf8Bytes::from(change_event_json(event)));
+            self.outbox.send(event_frame(event));
         }
         *feed = Feed::Live { last_rev: current };
         Ok(())
@@ -240,10 +240,15 @@ impl Watch {
                 }
                 last_rev = event.rev;
             }
-            self.outbox.send(Utf8Bytes::from(change_event_json(&event)));
+            self.outbox.send(event_frame(&event));
         }
         *feed = Feed::Live { last_rev };
     }
+}
+
+/// `event` as the text of the frame that carries it to a client.
+pub(crate) fn event_frame(event: &ChangeEvent) -> Utf8Bytes {
+    Utf8Bytes::from(change_event_json(event))
 }
 
 /// The changes after `since_rev`: `history` then the buffered events it does not already
@@ -408,8 +413,7 @@ pub(crate) mod tests {
 
     /// Hands `events` to `watch` as one run, as a topic's fan-out task does.
     fn deliver(watch: &Watch, events: &[Arc<ChangeEvent>]) {
-        let run: Arc<[Utf8Bytes]> =
-            events.iter().map(|e| Utf8Bytes::from(change_event_json(e))).collect();
+        let run: Arc<[Utf8Bytes]> = events.iter().map(|e| event_frame(e)).collect();
         watch.deliver_run(events, &run);
     }
 

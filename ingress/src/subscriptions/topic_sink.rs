@@ -27,12 +27,12 @@ use std::sync::{Arc, Mutex, OnceLock, PoisonError, RwLock};
 use std::time::Duration;
 
 use axum::extract::ws::Utf8Bytes;
-use ferry_protocol::{change_event_json, ChangeEvent, EventSink};
+use ferry_protocol::{ChangeEvent, EventSink};
 use tokio::runtime::Handle;
 use tokio::sync::{mpsc, Notify};
 use tokio::time::Instant;
 
-use super::Watch;
+use super::{event_frame, Watch};
 use crate::outbox::{CloseReason, CLOSE_CHANGES_LOST};
 
 /// A topic gets another shard (up to one per worker thread) once each has this many watches:
@@ -71,7 +71,7 @@ struct Fanned {
 
 impl Fanned {
     fn text(&self) -> &Utf8Bytes {
-        self.text.get_or_init(|| Utf8Bytes::from(change_event_json(&self.event)))
+        self.text.get_or_init(|| event_frame(&self.event))
     }
 }
 
@@ -222,7 +222,7 @@ impl EventSink for TopicSink {
         match &*watches {
             Watches::Empty => {}
             Watches::Single(watch) => {
-                let run: Arc<[Utf8Bytes]> = Arc::new([Utf8Bytes::from(change_event_json(event))]);
+                let run: Arc<[Utf8Bytes]> = Arc::new([event_frame(event)]);
                 watch.deliver_run(std::slice::from_ref(event), &run);
             }
             Watches::Sharded(shards) => {
