@@ -9,6 +9,7 @@ use std::process::Command;
 use std::time::{Duration, Instant};
 
 use common::cluster::{free_port, within, Cluster, SHARED_AMQP_URL, SHARED_REDIS_URL, TIMEOUT};
+use common::http;
 use common::writes::Writes;
 use ferry_ingress::client::Client;
 use serde_json::json;
@@ -58,6 +59,12 @@ async fn clients_on_two_ingress_nodes_share_files_applied_by_two_workers() {
         let file = within(reader.get(&format!("/home/u{user}/f"))).await.unwrap();
         assert_eq!(file["content"].as_str(), Some(format!("user {user}").as_str()));
     }
+    // Each ingress node counts what it received; it has no store of its own to show.
+    let (status, metrics) = within(http::get(&url2, "/metrics")).await;
+    assert_eq!(status, 200, "{metrics}");
+    assert_eq!(http::sample(&metrics, "ferry_requests_total{op=\"get\"}"), Some(20.0), "{metrics}");
+    assert_eq!(http::sample(&metrics, "ferry_ingress_connections"), Some(2.0), "{metrics}");
+    assert!(!metrics.contains("ferry_store_"), "{metrics}");
     let listing = within(reader.call(json!({"op": "list", "prefix": "/home/", "limit": 1000})))
         .await
         .unwrap();
@@ -225,14 +232,7 @@ async fn scaling_workers_one_three_one_under_load_loses_nothing() {
 
 /// The URL `GET /v1/route` on the ingress at `ws_url` names.
 async fn route(ws_url: &str) -> String {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let addr = ws_url.trim_start_matches("ws://").trim_end_matches("/v1/ws");
-    let mut stream = tokio::net::TcpStream::connect(addr).await.unwrap();
-    let request = "GET /v1/route HTTP/1.1\r\nHost: ferry\r\nConnection: close\r\n\r\n";
-    stream.write_all(request.as_bytes()).await.unwrap();
-    let mut response = String::new();
-    stream.read_to_string(&mut response).await.unwrap();
-    let body = response.split_once("\r\n\r\n").map_or("", |(_, body)| body);
-    let answer: serde_json::Value = serde_json::from_str(body).unwrap_or_default();
+    let (_, body) = http::get(ws_url, "/v1/route").await;
+    let answer: serde_json::Value = serde_json::from_str(&body).unwrap_or_default();
     answer["url"].as_str().unwrap_or_default().to_owned()
 }

@@ -8,6 +8,7 @@ use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
+use common::http;
 use common::process::{spawn_announcing, url_in};
 use ferry_ingress::client::{Client, ClientError};
 use serde_json::json;
@@ -285,4 +286,57 @@ async fn a_subjects_files_are_flushed_when_its_last_connection_closes() {
         assert!(std::time::Instant::now() < deadline, "not flushed after the last disconnect");
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
+}
+
+/// `GET /metrics` counts requests by op, error answers by op and code and the instructions'
+/// durations, and shows the write-behind's lag (files in the log, not yet in the trees) and the
+/// logger's counters; `ingress.metrics = false` turns it off.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn metrics_show_requests_errors_the_write_behind_and_the_logger() {
+    let tmp = tempfile::tempdir().unwrap();
+    let server = serve(tmp.path(), &[("FERRY_STORE__FLUSH_INTERVAL_MS", "3600000")]);
+    let mut client = Client::connect(&server.url, None).await.unwrap();
+    assert_eq!(client.put("/m/a", "one").await.unwrap(), 1);
+    assert_eq!(client.put("/m/b", "two").await.unwrap(), 1);
+    let conflict = client.call(json!({"op": "put", "path": "/m/a", "content": "x", "if_rev": 0}));
+    assert_eq!(conflict.await.unwrap_err().code(), Some("conflict"));
+    assert_eq!(client.get("/m/none").await.unwrap_err().code(), Some("not_found"));
+    client.send_text(r#"{"id":"x","op":"nope"}"#).unwrap();
+    assert_eq!(within(client.next_unmatched()).await.unwrap()["error"]["code"], "bad_request");
+
+    let (status, text) = within(http::get(&server.url, "/metrics")).await;
+    assert_eq!(status, 200, "{text}");
+    for (name, value) in [
+        ("ferry_requests_total{op=\"put\"}", 3.0),
+        ("ferry_requests_total{op=\"get\"}", 1.0),
+        ("ferry_requests_total{op=\"invalid\"}", 1.0),
+        ("ferry_request_errors_total{op=\"put\",code=\"conflict\"}", 1.0),
+        ("ferry_request_errors_total{op=\"get\",code=\"not_found\"}", 1.0),
+        ("ferry_request_errors_total{op=\"invalid\",code=\"bad_request\"}", 1.0),
+        ("ferry_instruction_duration_seconds_count", 4.0),
+        ("ferry_ingress_connections", 1.0),
+    ] {
+        assert_eq!(http::sample(&text, name), Some(value), "{name} in\n{text}");
+    }
+    // Flushed an hour from now: both files are in the log and the dirty sets, none in a tree.
+    assert_eq!(http::sum_of(&text, "ferry_store_dirty_files"), 2.0, "{text}");
+    assert_eq!(http::sum_of(&text, "ferry_store_files"), 0.0, "{text}");
+    assert!(http::sum_of(&text, "ferry_store_wal_bytes") > 0.0, "{text}");
+    // The logger writes on its own thread: its count catches up with the five instructions
+    // (and the working-set request of the connection).
+    within(async {
+        loop {
+            let (_, text) = http::get(&server.url, "/metrics").await;
+            let name = "ferry_log_records_written_total{stream=\"instructions\"}";
+            if http::sample(&text, name).is_some_and(|n| n >= 5.0) {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    })
+    .await;
+
+    let off = tempfile::tempdir().unwrap();
+    let server = serve(off.path(), &[("FERRY_INGRESS__METRICS", "false")]);
+    assert_eq!(within(http::get(&server.url, "/metrics")).await.0, 404);
 }

@@ -7,7 +7,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::error::{check_range, Invalid};
 
-/// Settings of the WebSocket edge (`/v1/ws`, `/healthz`, `/readyz`).
+/// Settings of the WebSocket edge (`/v1/ws`, `/healthz`, `/readyz`, `/metrics`).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct IngressConfig {
@@ -53,6 +53,10 @@ pub struct IngressConfig {
     /// `GET /v1/route` sends new clients only to ingress nodes under this share of their
     /// `max_connections` (percent); when all are at it, 503 with `Retry-After`. Default 90.
     pub route_threshold_percent: u32,
+    /// Serve `GET /metrics` (OpenMetrics text: requests, errors, latency, connections, the
+    /// store's and the logger's figures) on the same address as the WebSocket. It shows counts
+    /// and sizes, never a file's path or content, and asks for no token. Default true.
+    pub metrics: bool,
 }
 
 impl Default for IngressConfig {
@@ -72,6 +76,7 @@ impl Default for IngressConfig {
             allowed_origins: Vec::new(),
             home_prefix: "/home/{sub}/".to_owned(),
             route_threshold_percent: 90,
+            metrics: true,
         }
     }
 }

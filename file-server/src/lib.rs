@@ -27,7 +27,7 @@ pub mod tree;
 pub mod wal;
 
 pub use error::{Result, StoreError};
-pub use partition_store::{Applied, Change, Edit, PartitionStore, PendingWrite};
+pub use partition_store::{Applied, Change, Edit, PartitionStats, PartitionStore, PendingWrite};
 pub use path::{FilePath, PathError};
 pub use read_only::{open_read_only, ReadOnlyStore};
 pub use record::{FileMeta, Record, SharedRecord};

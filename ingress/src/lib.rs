@@ -1,8 +1,9 @@
 //! Ferry's edge: the WebSocket server clients connect to, and the Rust client for it.
 //!
 //! The server ([`Ingress`]) speaks the protocol of `docs/PROTOCOL.md` on `GET /v1/ws` and answers
-//! `GET /healthz`, `GET /readyz` and `GET /v1/route` (the least loaded ingress node for a new
-//! client, [`placement`]). It authenticates each handshake ([`auth`]), enforces the
+//! `GET /healthz`, `GET /readyz`, `GET /v1/route` (the least loaded ingress node for a new
+//! client, [`placement`]) and `GET /metrics` (OpenMetrics text, once given a registry:
+//! [`Ingress::expose_metrics`]). It authenticates each handshake ([`auth`]), enforces the
 //! per-connection and per-node limits, stamps the subject and rights on every instruction and
 //! hands it to an [`InstructionQueue`](ferry_protocol::InstructionQueue); it watches files
 //! through a [`ChangeBus`](ferry_protocol::ChangeBus), one bus subscription per topic for all of
@@ -38,6 +39,7 @@
 pub mod auth;
 pub mod client;
 pub mod direct_client;
+mod metrics;
 mod outbox;
 pub mod placement;
 mod rate;

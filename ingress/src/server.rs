@@ -16,12 +16,14 @@ use axum::{Json, Router};
 use ferry_protocol::{ChangeBus, InstructionQueue};
 use hyper_util::rt::{TokioIo, TokioTimer};
 use hyper_util::service::TowerToHyperService;
+use prometheus_client::registry::Registry;
 use serde::Deserialize;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use crate::auth::Authenticator;
+use crate::metrics::{self, RequestMetrics};
 use crate::placement::{choose, NodeLoad, Peers};
 use crate::signal::Signal;
 use crate::subscriptions::Fanout;
@@ -58,6 +60,9 @@ pub(crate) struct Shared {
     peers: Peers,
     /// Where clients reach this node, once it listens.
     url: std::sync::OnceLock<String>,
+    pub(crate) requests: RequestMetrics,
+    /// What `GET /metrics` shows, once [`Ingress::expose_metrics`] was called.
+    metrics: std::sync::OnceLock<Registry>,
 }
 
 impl Shared {
@@ -67,6 +72,15 @@ impl Shared {
 
     pub(crate) fn count_changes_lost(&self) {
         self.changes_lost.fetch_add(1, Ordering::Relaxed);
+    }
+
+    pub(crate) fn stats(&self) -> IngressStats {
+        IngressStats {
+            connections: self.connections.load(Ordering::Acquire),
+            bus_topics: self.fanout.topic_count(),
+            slow_consumers_closed: self.slow_consumers.load(Ordering::Relaxed),
+            changes_lost_closed: self.changes_lost.load(Ordering::Relaxed),
+        }
     }
 
     pub(crate) fn next_instruction_id(&self) -> u64 {
@@ -152,18 +166,23 @@ impl Ingress {
                 tracker: TaskTracker::new(),
                 peers: Peers::default(),
                 url: std::sync::OnceLock::new(),
+                requests: RequestMetrics::new(),
+                metrics: std::sync::OnceLock::new(),
             }),
         }
     }
 
     /// Counters of this node.
     pub fn stats(&self) -> IngressStats {
-        IngressStats {
-            connections: self.shared.connections.load(Ordering::Acquire),
-            bus_topics: self.shared.fanout.topic_count(),
-            slow_consumers_closed: self.shared.slow_consumers.load(Ordering::Relaxed),
-            changes_lost_closed: self.shared.changes_lost.load(Ordering::Relaxed),
-        }
+        self.shared.stats()
+    }
+
+    /// Serves `GET /metrics` from `registry` (OpenMetrics text), with the node's own figures
+    /// added to it (see [`crate::metrics`]); without this call the route answers 404. Only the
+    /// first call counts.
+    pub fn expose_metrics(&self, mut registry: Registry) {
+        metrics::register(&self.shared, &mut registry);
+        let _ = self.shared.metrics.set(registry);
     }
 
     /// The other ingress nodes' loads, for `GET /v1/route` (the distributed mode refreshes
@@ -185,6 +204,7 @@ impl Ingress {
             .route("/v1/route", get(route))
             .route("/healthz", get(|| async { "ok\n" }))
             .route("/readyz", get(ready))
+            .route("/metrics", get(metrics_text))
             .with_state(shared.clone());
         loop {
             let (stream, peer) = tokio::select! {
@@ -235,6 +255,19 @@ async fn ready(State(shared): State<Arc<Shared>>) -> Response {
     } else {
         let open = shared.connections.load(Ordering::Acquire);
         (StatusCode::OK, format!("ready: {open} connections\n")).into_response()
+    }
+}
+
+/// `GET /metrics`: what [`Ingress::expose_metrics`] was given, read now.
+async fn metrics_text(State(shared): State<Arc<Shared>>) -> Response {
+    let Some(registry) = shared.metrics.get() else {
+        return (StatusCode::NOT_FOUND, "metrics are not exposed on this node\n").into_response();
+    };
+    match metrics::render(registry) {
+        Ok(text) => ([(header::CONTENT_TYPE, metrics::CONTENT_TYPE)], text).into_response(),
+        Err(_) => {
+            (StatusCode::INTERNAL_SERVER_ERROR, "encoding the metrics failed\n").into_response()
+        }
     }
 }
 

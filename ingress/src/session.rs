@@ -18,6 +18,7 @@ use tokio::sync::oneshot;
 use tokio::time::timeout;
 
 use crate::auth::Identity;
+use crate::metrics::RequestKind;
 use crate::outbox::{
     Outbox, OutboxReceiver, CLOSE_CHANGES_LOST, CLOSE_IDLE, CLOSE_PROTOCOL, CLOSE_SHUTDOWN,
     CLOSE_SLOW_CONSUMER, CLOSE_TOO_LARGE,
@@ -251,11 +252,15 @@ impl Session {
             last_heard = tokio::time::Instant::now();
             match message {
                 Message::Text(text) => self.handle_text(text.as_str()).await,
-                Message::Binary(_) => self.send_error(
-                    None,
-                    ErrorCode::BadRequest,
-                    "binary frames are not accepted: send one JSON object per text frame",
-                ),
+                Message::Binary(_) => {
+                    self.shared.requests.received(RequestKind::Invalid);
+                    self.send_error(
+                        RequestKind::Invalid,
+                        None,
+                        ErrorCode::BadRequest,
+                        "binary frames are not accepted: send one JSON object per text frame",
+                    );
+                }
                 Message::Ping(_) | Message::Pong(_) => {}
                 Message::Close(_) => {
                     self.outbox.close(None);
@@ -265,23 +270,42 @@ impl Session {
         }
     }
 
-    fn send_error(&self, id: Option<&RequestId>, code: ErrorCode, message: impl Into<String>) {
-        self.outbox.send(error_json(id, &ErrorBody::new(code, message)).into());
+    /// Answers the request (of `kind`, with `id` when it could be read) with an error.
+    fn send_error(
+        &self,
+        kind: RequestKind,
+        id: Option<&RequestId>,
+        code: ErrorCode,
+        message: impl Into<String>,
+    ) {
+        self.send_error_body(kind, id, &ErrorBody::new(code, message));
+    }
+
+    fn send_error_body(&self, kind: RequestKind, id: Option<&RequestId>, error: &ErrorBody) {
+        self.shared.requests.error(kind, error.code);
+        self.outbox.send(error_json(id, error).into());
     }
 
     async fn handle_text(&mut self, text: &str) {
-        let within_rate = self.rate.try_take(Instant::now());
+        let arrived = Instant::now();
+        let within_rate = self.rate.try_take(arrived);
         let custom = &self.shared.options.custom_ops;
+        let metrics = &self.shared.requests;
         let frame = match parse_request_with(text, &|op| custom.iter().any(|c| c == op)) {
             Ok(frame) => frame,
             Err(e) => {
+                metrics.received(RequestKind::Invalid);
+                metrics.error(RequestKind::Invalid, e.code);
                 self.outbox.send(e.to_json().into());
                 return;
             }
         };
+        let kind = RequestKind::of(&frame.request);
+        metrics.received(kind);
         if !within_rate {
             let limit = self.shared.options.max_requests_per_sec;
             self.send_error(
+                kind,
                 Some(&frame.id),
                 ErrorCode::Busy,
                 format!("over {limit} requests per second on this connection: slow down"),
@@ -289,7 +313,7 @@ impl Session {
             return;
         }
         match frame.request {
-            Request::Instruction { op, key } => self.submit(frame.id, op, key),
+            Request::Instruction { op, key } => self.submit(frame.id, op, key, arrived),
             // Boxed: the rare, large future stays out of every connection's task.
             Request::Sub { topic, since_rev } => {
                 Box::pin(self.subscribe(frame.id, topic, since_rev)).await
@@ -339,30 +363,34 @@ impl Session {
         }
     }
 
-    fn submit(&mut self, id: RequestId, op: Operation, key: Option<String>) {
+    fn submit(&mut self, id: RequestId, op: Operation, key: Option<String>, arrived: Instant) {
+        let kind = RequestKind::of_op(&op);
         if let Some(why) = self.refusal(op.path(), op.is_write()) {
-            self.send_error(Some(&id), ErrorCode::Forbidden, why);
+            self.send_error(kind, Some(&id), ErrorCode::Forbidden, why);
             return;
         }
         let instruction = self.instruction(id.clone(), op, key);
         let outbox = self.outbox.clone();
+        let shared = self.shared.clone();
         let reply: ReplyTo = Box::new(move |answer| {
+            let error = answer.result.as_ref().err().map(|e| e.code);
             outbox.send(answer_json(&answer).into());
             outbox.end_request();
+            shared.requests.answered(kind, arrived, error);
         });
         self.outbox.begin_request();
         if let Err(e) = self.shared.queue.submit(instruction, reply) {
             self.outbox.end_request();
-            self.send_queue_error(&id, e);
+            self.send_queue_error(kind, &id, e);
         }
     }
 
-    fn send_queue_error(&self, id: &RequestId, error: QueueError) {
+    fn send_queue_error(&self, kind: RequestKind, id: &RequestId, error: QueueError) {
         let code = match error {
             QueueError::Busy => ErrorCode::Busy,
             _ => ErrorCode::Unavailable,
         };
-        self.send_error(Some(id), code, error.to_string());
+        self.send_error(kind, Some(id), code, error.to_string());
     }
 
     /// Asks the worker and waits for the answer (used inside `sub`).
@@ -388,7 +416,7 @@ impl Session {
             Topic::Path(p) | Topic::Prefix(p) => p.clone(),
         };
         if let Some(why) = self.refusal(&path, false) {
-            self.send_error(Some(&id), ErrorCode::Forbidden, why);
+            self.send_error(RequestKind::Sub, Some(&id), ErrorCode::Forbidden, why);
             return;
         }
         if let Some(old) = self.watches.remove(&topic) {
@@ -396,6 +424,7 @@ impl Session {
         } else if self.watches.len() >= self.shared.options.max_subscriptions {
             let limit = self.shared.options.max_subscriptions;
             self.send_error(
+                RequestKind::Sub,
                 Some(&id),
                 ErrorCode::LimitExceeded,
                 format!("at most {limit} subscriptions per connection"),
@@ -427,7 +456,7 @@ impl Session {
             if let Some(watch) = self.watches.remove(&topic) {
                 self.unwatch(topic, watch).await;
             }
-            self.outbox.send(error_json(Some(&id), &error).into());
+            self.send_error_body(RequestKind::Sub, Some(&id), &error);
         }
     }
 

@@ -67,6 +67,9 @@ pub fn run(config: &FerryConfig, args: &IngressArgs) -> anyhow::Result<ExitCode>
             queue.clone(),
             Arc::new(bus),
         );
+        if config.ingress.metrics {
+            super::metrics::expose(&ingress, None, logger.control());
+        }
         let listener = TcpListener::bind(listen)
             .await
             .with_context(|| format!("cannot listen on {listen}"))?;

@@ -11,6 +11,7 @@ pub mod files;
 pub mod ingress_node;
 pub mod ingress_options;
 pub mod init;
+pub mod metrics;
 pub mod serve;
 pub mod signals;
 pub mod startup;

@@ -49,6 +49,9 @@ pub fn run(config: &FerryConfig, args: &ServeArgs) -> anyhow::Result<ExitCode> {
         Worker::new(store.clone(), bus.clone(), Some(logger.instruction_log()), worker_options)?;
     let queue = Arc::new(LocalQueue::start(Arc::new(worker), LocalQueueOptions::default())?);
     let ingress = Ingress::new(ingress_options, auth.clone(), queue.clone(), bus);
+    if config.ingress.metrics {
+        super::metrics::expose(&ingress, Some(&store), logger.control());
+    }
 
     let runtime = runtime("ferry-ingress")?;
     runtime.block_on(async {
@@ -81,6 +84,9 @@ pub fn run(config: &FerryConfig, args: &ServeArgs) -> anyhow::Result<ExitCode> {
 fn announce(addr: SocketAddr, auth: &Authenticator, config: &FerryConfig) {
     println!("ferry serving ws://{addr}/v1/ws (data {})", config.store.data_dir.display());
     println!("  health: http://{addr}/healthz  readiness: http://{addr}/readyz");
+    if config.ingress.metrics {
+        println!("  metrics: http://{addr}/metrics");
+    }
     if auth.is_open() {
         let warning = "WARNING: no auth secret configured: this server is OPEN (loopback only): \
                        every client may read and write every file";

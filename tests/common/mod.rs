@@ -4,5 +4,6 @@
 #![allow(dead_code)]
 
 pub mod cluster;
+pub mod http;
 pub mod process;
 pub mod writes;
