@@ -15,9 +15,13 @@ use crate::worker::Worker;
 /// How a [`LocalQueue`] runs.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct LocalQueueOptions {
-    /// Worker threads (default 2); partition `p` belongs to thread `p % threads`.
+    /// Worker threads; partition `p` belongs to thread `p % threads`. Default 1: one thread's
+    /// batch spans every partition and makes their logs durable with one file-system sync,
+    /// where two threads each paid their own sync and wake-ups for half the batch (9-12 % more
+    /// of `ferry serve`'s CPU per write, `BENCHMARKS.md`); a write took about 16 us of a worker
+    /// thread at 20,000 a second, so one thread has room for some 60,000.
     pub threads: usize,
-    /// Instructions waiting per thread before `submit` answers `Busy` (default 10,000).
+    /// Instructions waiting per thread before `submit` answers `Busy` (default 20,000).
     pub capacity: usize,
     /// Most instructions applied as one batch, sharing group commits (default 256).
     pub max_batch: usize,
@@ -25,7 +29,7 @@ pub struct LocalQueueOptions {
 
 impl Default for LocalQueueOptions {
     fn default() -> LocalQueueOptions {
-        LocalQueueOptions { threads: 2, capacity: 10_000, max_batch: 256 }
+        LocalQueueOptions { threads: 1, capacity: 20_000, max_batch: 256 }
     }
 }
 
