@@ -23,13 +23,16 @@ pub struct LocalQueueOptions {
     pub threads: usize,
     /// Instructions waiting per thread before `submit` answers `Busy` (default 20,000).
     pub capacity: usize,
-    /// Most instructions applied as one batch, sharing group commits (default 256).
+    /// Most instructions applied as one batch, sharing group commits (default 1,024). A
+    /// thread applies a batch, waits for its sync, then takes the next: at 256 a batch per
+    /// cycle capped one thread near 22,000 writes/s on this project's machine, where 1,024
+    /// carried 32,000/s at a third of the ack p99 of two threads with 256 each.
     pub max_batch: usize,
 }
 
 impl Default for LocalQueueOptions {
     fn default() -> LocalQueueOptions {
-        LocalQueueOptions { threads: 1, capacity: 20_000, max_batch: 256 }
+        LocalQueueOptions { threads: 1, capacity: 20_000, max_batch: 1024 }
     }
 }
 
