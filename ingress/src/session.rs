@@ -295,8 +295,8 @@ impl Session {
             Ok(frame) => frame,
             Err(e) => {
                 metrics.received(RequestKind::Invalid);
-                metrics.error(RequestKind::Invalid, e.code);
-                self.outbox.send(e.to_json().into());
+                let body = ErrorBody::new(e.code, e.message);
+                self.send_error_body(RequestKind::Invalid, e.id.as_ref(), &body);
                 return;
             }
         };

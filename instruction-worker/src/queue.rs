@@ -18,8 +18,8 @@ pub struct LocalQueueOptions {
     /// Worker threads; partition `p` belongs to thread `p % threads`. Default 1: one thread's
     /// batch spans every partition and makes their logs durable with one file-system sync,
     /// where two threads each paid their own sync and wake-ups for half the batch (9-12 % more
-    /// of `ferry serve`'s CPU per write, `BENCHMARKS.md`); a write took about 16 us of a worker
-    /// thread at 20,000 a second, so one thread has room for some 60,000.
+    /// of `ferry serve`'s CPU per write, `BENCHMARKS.md`). The thread's ceiling is set by its
+    /// apply-and-sync cycle and `max_batch`, not its CPU (about 16 us a write at 20,000/s).
     pub threads: usize,
     /// Instructions waiting per thread before `submit` answers `Busy` (default 20,000).
     pub capacity: usize,
